@@ -1,0 +1,341 @@
+"""Typed run configuration: dataclasses, YAML recipes and ``key=value`` overrides.
+
+Every value is checked at start-up; a bad one raises :class:`UserError` naming the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # registry name (see nlp_decouple.data.registry) or "custom"
+    path: str | None = None  # local copy: Hub-layout folder, save_to_disk folder, or CSV/JSON/parquet file(s)
+    test_path: str | None = None  # optional separate test file when `path` is a single file
+    text_fields: list[str] | None = None  # columns joined with a space; default from the registry
+    label_field: str | None = None
+    label_offset: int = 0  # added to integer labels, e.g. -1 for the classic 1-based AG News CSV
+    max_length: int | None = None  # tokens; default from the registry
+    val_fraction: float = 0.1  # carved from train, stratified
+    test_fraction: float = 0.2  # only used when the source has no test split
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    label_noise: float = 0.0  # fraction of training labels replaced by another class
+    synthetic_train_size: int = 4000
+    synthetic_test_size: int = 1000
+    num_workers: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    name: str | None = None  # Hub id or local directory, loaded with AutoTokenizer
+    train: Literal["wordpiece", "word"] | None = None  # or train one on the training split
+    vocab_size: int = 30000
+    min_frequency: int = 1
+    lowercase: bool = True
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ModelConfig:
+    encoder: Literal["transformer", "lstm"] = "transformer"
+    num_layers: int = 3  # encoder blocks after the embedding block
+    hidden_size: int = 300  # Transformer d_model / LSTM units per direction
+    embed_dim: int | None = None  # default: hidden_size
+    num_heads: int = 6
+    ffn_size: int = 300
+    dropout: float = 0.1
+    positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
+    norm: Literal["pre", "post"] = "post"
+    pooling: Literal["mean", "cls"] = "mean"  # Transformer blocks
+    lstm_pooling: Literal["last", "mean"] = "last"
+    lstm_state_handoff: bool = False  # reference SCPL: an LSTM block starts from the previous final (h, c)
+    groups: int | list[int] | None = None  # layer groups over the num_layers + 1 blocks; None = one block each
+    word_vectors: str | None = None  # GloVe-format text file
+    freeze_embeddings: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["bp", "scpl", "early_exit", "deinforeg"] = "bp"
+    backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
+    temperature: float = 0.1
+    projection: Literal["identity", "linear", "mlp"] = "identity"
+    projection_dim: int | None = None  # default: the group's pooled size
+    supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
+    ce_weight: float = 0.001  # DeInfoReg's classifier weight
+    inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    classifier_detach: bool = False  # DeInfoReg: detach the projector output before its classifier
+    label_dim: int = 128  # AL
+    al_activation: Literal["tanh", "relu", "sigmoid"] = "tanh"
+    al_detach_target: bool = False  # AL: bridge target t.detach() (later code); default ICLR form
+    al_assoc_weight: float = 1.0
+    al_ae_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    max_steps: int | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
+    num_processes: int | None = None  # refuse to run when the launched world size differs
+    cpu: bool = False
+    deterministic: bool = False
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every_group: bool = True  # layer-wise accuracies each epoch (exits or linear probes)
+    probe_samples: int = 2000  # training texts used to fit each linear probe
+    probe_max_iter: int = 500
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: {data}-{encoder}-{method}-seed{seed}
+
+    def run_dir(self) -> Path:
+        name = self.run_name or (
+            f"{self.data.name}-{self.model.encoder}-{self.method.name}-seed{self.train.seed}"
+        )
+        return Path(self.output_dir) / name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked against type ``tp``; raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        choices = [str(a) for a in typing.get_args(tp)]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}{hint}")
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item_tp,) = typing.get_args(tp)
+            return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str) and value.strip():  # key=a,b (or key=a) on the command line
+            return _coerce([yaml.safe_load(v) for v in value.split(",")], tp, key)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix or 'recipe'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(names)}"
+            raise UserError(f"unknown key {full!r}: {hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # a plain string such as a path with odd characters
+    return key.strip(), parsed
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or none), apply ``key=value`` overrides, validate and return the config."""
+    raw: dict = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise UserError(f"recipe {str(path)!r} not found: give the path of a YAML file, e.g. recipes/quickstart.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" line {where.line + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"recipe {str(path)!r}{line}: malformed YAML ({problem}); fix the syntax") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"recipe {str(path)!r}: expected a mapping of sections, got {type(raw).__name__}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def num_blocks(cfg: Config) -> int:
+    return cfg.model.num_layers + 1  # the embedding block, then the encoder blocks
+
+
+def group_sizes(cfg: Config) -> list[int]:
+    """How many consecutive blocks each layer group holds."""
+    n, groups = num_blocks(cfg), cfg.model.groups
+    if groups is None:
+        return [1] * n
+    if isinstance(groups, int):
+        base, extra = divmod(n, groups)
+        return [base + (1 if i < extra else 0) for i in range(groups)]
+    return list(groups)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> None:
+    d, m, t, meth = cfg.data, cfg.model, cfg.train, cfg.method
+    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction: {d.val_fraction} must be in (0, 1)")
+    _check(0.0 < d.test_fraction < 1.0, f"data.test_fraction: {d.test_fraction} must be in (0, 1)")
+    _check(0.0 <= d.label_noise < 1.0, f"data.label_noise: {d.label_noise} must be in [0, 1)")
+    for key in ("max_length", "max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        _check(value is None or value > 0, f"data.{key}: {value} must be a positive integer or null")
+    _check(d.synthetic_train_size >= 20 and d.synthetic_test_size >= 10,
+           "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
+    _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
+    _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
+    tok = cfg.tokenizer
+    _check(tok.vocab_size >= 100, f"tokenizer.vocab_size: {tok.vocab_size} is too small (use at least 100)")
+    _check(tok.min_frequency >= 1, f"tokenizer.min_frequency: {tok.min_frequency} must be >= 1")
+    for key in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
+        _check(getattr(m, key) > 0, f"model.{key}: {getattr(m, key)} must be a positive integer")
+    _check(m.embed_dim is None or m.embed_dim > 0, f"model.embed_dim: {m.embed_dim} must be positive")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout: {m.dropout} must be in [0, 1)")
+    if m.encoder == "transformer":
+        _check(m.hidden_size % m.num_heads == 0,
+               f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
+        embed = m.embed_dim or m.hidden_size
+        _check(embed == m.hidden_size,
+               f"model.embed_dim={embed} must equal model.hidden_size={m.hidden_size} for the Transformer")
+    n = num_blocks(cfg)
+    if isinstance(m.groups, int):
+        _check(1 <= m.groups <= n, f"model.groups: {m.groups} groups cannot be cut from {n} blocks "
+               f"(embedding + model.num_layers={m.num_layers}); use 1..{n}")
+    elif isinstance(m.groups, list):
+        _check(all(g > 0 for g in m.groups) and sum(m.groups) == n,
+               f"model.groups: {m.groups} must be positive sizes summing to {n} "
+               f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
+    _check(meth.temperature > 0, f"method.temperature: {meth.temperature} must be > 0")
+    _check(meth.projection_dim is None or meth.projection_dim > 0, "method.projection_dim must be positive")
+    _check(meth.projection != "identity" or meth.projection_dim is None,
+           "method.projection=identity keeps the pooled size: unset method.projection_dim or use "
+           "method.projection=linear|mlp")
+    _check(meth.ce_weight >= 0, f"method.ce_weight: {meth.ce_weight} must be >= 0")
+    _check(len(meth.inforeg_weights) == 3 and all(w >= 0 for w in meth.inforeg_weights),
+           "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")
+    _check(meth.label_dim > 0, f"method.label_dim: {meth.label_dim} must be positive")
+    _check(t.epochs > 0, f"train.epochs: {t.epochs} must be a positive integer")
+    _check(t.batch_size > 1, f"train.batch_size: {t.batch_size} must be >= 2 (contrastive losses need pairs)")
+    _check(t.eval_batch_size > 0, f"train.eval_batch_size: {t.eval_batch_size} must be positive")
+    _check(t.lr > 0, f"train.lr: {t.lr} must be > 0, e.g. train.lr=1e-3")
+    _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
+    _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
+    _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")
+    _check(t.max_steps is None or t.max_steps > 0, f"train.max_steps: {t.max_steps} must be positive or null")
+    _check(t.num_processes is None or t.num_processes > 0, "train.num_processes must be positive")
+    _check(t.max_nonfinite >= 1, f"train.max_nonfinite: {t.max_nonfinite} must be >= 1")
+    _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
+           "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "
+           "use train.mixed_precision=bf16 or method.backward=sum")
+    _check(cfg.eval.probe_samples > 0, "eval.probe_samples must be positive")
+    _check(bool(cfg.output_dir), "output_dir must not be empty")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

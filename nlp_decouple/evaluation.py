@@ -1,0 +1,92 @@
+"""Evaluation: predictions gathered per example, metrics with scikit-learn, layer-wise accuracies
+(each group's own exit where the method has one, else a linear probe on its pooled vectors)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+from .model import StagedClassifier
+
+
+@dataclass
+class SplitOutputs:
+    labels: np.ndarray  # (N,)
+    exit_logits: dict[int, np.ndarray]  # global group index -> (N, C), for groups that end in an exit
+    pooled: list[np.ndarray] = field(default_factory=list)  # per group (N, d), when asked
+
+    @property
+    def final_logits(self) -> np.ndarray:
+        return self.exit_logits[max(self.exit_logits)]
+
+
+@torch.no_grad()
+def collect(model: StagedClassifier, loader: DataLoader, accelerator: Accelerator,
+            return_pooled: bool = False) -> SplitOutputs:
+    """Forward a whole split; everything gathered once per example across processes."""
+    was_training = model.training
+    model.eval()
+    ends = np.cumsum([len(stage.groups) for stage in model.stages]) - 1  # each stage's last group
+    labels, logits, pooled = [], {}, []
+    for batch in loader:
+        outs = model.run(batch["input_ids"], batch["attention_mask"], return_pooled=return_pooled)
+        labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
+        for end, out in zip(ends, outs):
+            if out.logits is not None:
+                logits.setdefault(int(end), []).append(accelerator.gather_for_metrics(out.logits.float()).cpu())
+        pooled.append([accelerator.gather_for_metrics(p.float()).cpu() for out in outs for p in out.pooled])
+    model.train(was_training)
+    per_group = [torch.cat([f[k] for f in pooled]).numpy() for k in range(len(pooled[0]))] if return_pooled else []
+    return SplitOutputs(torch.cat(labels).numpy(), {g: torch.cat(v).numpy() for g, v in logits.items()}, per_group)
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    preds = logits.argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, preds)),
+            "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
+
+
+def detailed_report(labels: np.ndarray, logits: np.ndarray, names: list[str]) -> dict:
+    preds = logits.argmax(-1)
+    ids = list(range(len(names)))
+    return {
+        "per_class": classification_report(labels, preds, labels=ids, target_names=names,
+                                           output_dict=True, zero_division=0),
+        "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
+    }
+
+
+def probe_accuracies(train: SplitOutputs, evals: dict[str, SplitOutputs], max_iter: int,
+                     seed: int) -> list[dict[str, float]]:
+    """Fit a logistic-regression probe per group on training features; accuracy on each eval split."""
+    results = []
+    for k, features in enumerate(train.pooled):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
+        probe.fit(features, train.labels)
+        results.append({name: float(probe.score(out.pooled[k], out.labels)) for name, out in evals.items()})
+    return results
+
+
+def layerwise(train_probe: SplitOutputs | None, evals: dict[str, SplitOutputs], max_iter: int,
+              seed: int) -> list[dict]:
+    """Per group: accuracy of its exit where it has one, else of a linear probe."""
+    first = next(iter(evals.values()))
+    num_groups = len(first.pooled)
+    probes = probe_accuracies(train_probe, evals, max_iter, seed) if train_probe is not None else None
+    rows = []
+    for k in range(num_groups):
+        if k in first.exit_logits:
+            row = {"group": k, "kind": "exit"}
+            row.update({name: classification_metrics(out.labels, out.exit_logits[k])["accuracy"]
+                        for name, out in evals.items()})
+        else:
+            row = {"group": k, "kind": "probe", **(probes[k] if probes else {})}
+        rows.append(row)
+    return rows

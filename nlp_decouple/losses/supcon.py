@@ -1,0 +1,47 @@
+"""Supervised contrastive loss (Khosla et al. 2020, "SupCon out"), single view."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class SupConLoss(nn.Module):
+    """For L2-normalised ``z`` (B, d) and labels (B,):
+
+    ``L_i = -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau) )``
+
+    with P(i) = {p != i : y_p = y_i}; the loss is the mean over anchors with |P(i)| > 0.
+    ``divisor="positives_plus_one"`` reproduces the SCPL reference code instead: it divides by
+    |P(i)| + 1 and averages over *all* anchors (those without positives count as 0).
+
+    A batch where no anchor has a positive carries no signal: the loss is an explicit 0 (still
+    attached to the graph, so a backward is a no-op rather than an error).
+    """
+
+    def __init__(self, temperature: float = 0.1, divisor: str = "positives"):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if divisor not in ("positives", "positives_plus_one"):
+            raise ValueError(f"unknown divisor {divisor!r}")
+        self.temperature, self.divisor = temperature, divisor
+
+    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+        z = z.float()  # contrastive logits at 1/tau scale overflow in half precision
+        n = z.shape[0]
+        if n < 2:  # a single text has no pair at all
+            return z.sum() * 0.0
+        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+        logits = z @ z.T / self.temperature
+        logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability only
+        logits = logits.masked_fill(self_mask, float("-inf"))  # A(i) excludes the anchor itself
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positives = (labels[:, None] == labels[None, :]) & ~self_mask
+        num_pos = positives.sum(1)
+        summed = log_prob.masked_fill(~positives, 0.0).sum(1)
+        if self.divisor == "positives_plus_one":
+            return -(summed / (num_pos + 1)).mean()
+        has_pos = num_pos > 0
+        if not bool(has_pos.any()):
+            return z.sum() * 0.0
+        return -(summed[has_pos] / num_pos[has_pos]).mean()

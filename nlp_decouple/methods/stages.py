@@ -1,0 +1,115 @@
+"""Stages and local heads: the pieces every training method is assembled from.
+
+A :class:`Stage` is one or more layer groups plus the head that trains them. A method is a list of
+stages; a decoupled method detaches the carry between stages, so no gradient crosses a cut and each
+stage can step its own optimizer as soon as its loss is ready (or on its own device).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import InfoRegLoss, SupConLoss
+from ..models import BlockGroup, Carry, Classifier, make_projection
+
+
+@dataclass
+class HeadOutput:
+    loss: Tensor | None  # None at inference (no labels)
+    logits: Tensor | None = None  # class scores where the head is an exit
+
+
+class ClassifierHead(nn.Module):
+    """Cross-entropy on a classifier; ``detach_input`` trains the classifier alone (SCPL's last head)."""
+
+    def __init__(self, in_dim: int, num_classes: int, detach_input: bool = False, weight: float = 1.0):
+        super().__init__()
+        self.classifier = Classifier(in_dim, num_classes)
+        self.detach_input, self.weight = detach_input, weight
+
+    def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
+        logits = self.classifier(pooled.detach() if self.detach_input else pooled)
+        loss = None if labels is None else self.weight * F.cross_entropy(logits.float(), labels)
+        return HeadOutput(loss, logits)
+
+
+class ContrastiveHead(nn.Module):
+    """Projection, L2 normalisation and SupCon: SCPL's local objective."""
+
+    def __init__(self, in_dim: int, projection: str, projection_dim: int | None, temperature: float,
+                 divisor: str):
+        super().__init__()
+        self.projection = make_projection(projection, in_dim, projection_dim)
+        self.loss = SupConLoss(temperature, divisor)
+
+    def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
+        if labels is None:
+            return HeadOutput(None)
+        z = F.normalize(self.projection(pooled).float(), dim=-1)
+        return HeadOutput(self.loss(z, labels))
+
+
+class InfoRegHead(nn.Module):
+    """DeInfoReg: projection, information-regularisation loss, plus a lightly weighted classifier.
+
+    By default the classifier reads the projector output *without* detaching it (as the reference
+    does), so its small cross-entropy also reaches the block."""
+
+    def __init__(self, in_dim: int, num_classes: int, projection: str, projection_dim: int | None,
+                 weights: list[float], ce_weight: float, with_classifier: bool, classifier_detach: bool):
+        super().__init__()
+        self.projection = make_projection(projection, in_dim, projection_dim)
+        out_dim = projection_dim or in_dim
+        self.loss = InfoRegLoss(num_classes, tuple(weights))
+        self.classifier = ClassifierHead(out_dim, num_classes, classifier_detach, ce_weight) if with_classifier else None
+
+    def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
+        projected = self.projection(pooled)
+        out = self.classifier(projected, labels) if self.classifier is not None else HeadOutput(None)
+        if labels is None:
+            return out
+        loss = self.loss(F.normalize(projected.float(), dim=-1), labels)
+        return HeadOutput(loss if out.loss is None else loss + out.loss, out.logits)
+
+
+class CombinedHead(nn.Module):
+    """Sum of several heads' losses; logits from the one head that has them."""
+
+    def __init__(self, *heads: nn.Module):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
+        outs = [head(pooled, labels) for head in self.heads]
+        losses = [o.loss for o in outs if o.loss is not None]
+        logits = next((o.logits for o in outs if o.logits is not None), None)
+        return HeadOutput(sum(losses) if losses else None, logits)
+
+
+@dataclass
+class StageOutput:
+    carry: Carry
+    loss: Tensor | None
+    logits: Tensor | None
+    pooled: list[Tensor] = field(default_factory=list)  # one per group, when asked (layer-wise probes)
+
+
+class Stage(nn.Module):
+    """Layer groups + the head on the last group's pooled vector."""
+
+    def __init__(self, groups: list[BlockGroup], head: nn.Module):
+        super().__init__()
+        self.groups = nn.ModuleList(groups)
+        self.head = head
+
+    def forward(self, carry: Carry, labels: Tensor | None = None, return_pooled: bool = False) -> StageOutput:
+        pooled = []
+        for group in self.groups:
+            carry = group(carry)
+            if return_pooled:
+                pooled.append(group.pool(carry))
+        last = pooled[-1] if return_pooled else self.groups[-1].pool(carry)
+        out = self.head(last, labels)
+        return StageOutput(carry, out.loss, out.logits, pooled)

@@ -1,0 +1,25 @@
+"""Small local heads: projections and classifiers that sit on a group's pooled vector."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
+    """identity | linear | mlp (Linear -> ReLU -> Linear), as in the SCPL reference."""
+    out_dim = out_dim or in_dim
+    if kind == "identity":
+        if out_dim != in_dim:
+            raise ValueError("an identity projection keeps the pooled size: leave method.projection_dim unset")
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
+    raise ValueError(f"unknown projection {kind!r}")
+
+
+class Classifier(nn.Sequential):
+    """Linear(d, d) -> Tanh -> Linear(d, C): the classifier shape BP and SCPL share."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__(nn.Linear(in_dim, in_dim), nn.Tanh(), nn.Linear(in_dim, num_classes))

@@ -1,0 +1,304 @@
+"""The method-agnostic Accelerate training loop.
+
+The method decides the stages and where gradients stop; the trainer only runs them:
+- ``bp``: one stage, one loss, one backward through everything;
+- decoupled, ``method.backward=per_group``: each stage backpropagates its local loss and steps its own
+  optimizer as soon as the loss exists, freeing that stage's graph before the next stage runs;
+- decoupled, ``method.backward=sum``: the detached local losses are summed into one backward (exactly
+  the same gradients, since no gradient crosses a cut) and one optimizer with a group per stage steps.
+Each stage is prepared (DDP-wrapped) on its own, so several backwards per step stay in sync across ranks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import resource
+import time
+from pathlib import Path
+
+import accelerate
+import datasets
+import numpy as np
+import sklearn
+import tokenizers
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .config import Config, group_sizes, save_config
+from .data import load_text_data, make_collator, tokenize_splits
+from .errors import UserError
+from .evaluation import classification_metrics, collect, detailed_report, layerwise
+from .model import StagedClassifier, count_parameters
+from .models import load_word_vectors
+from .tokenization import build_tokenizer, save_tokenizer
+
+log = logging.getLogger("nlp_decouple")
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "tokenizers": tokenizers.__version__,
+            "accelerate": accelerate.__version__, "scikit-learn": sklearn.__version__}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+        elif v is not None:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        t = cfg.train
+        self.run_dir = cfg.run_dir()
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu,
+                                       log_with=t.log_with or None, project_dir=str(self.run_dir))
+        acc = self.accelerator
+        if t.num_processes is not None and acc.num_processes != t.num_processes:
+            raise UserError(f"train.num_processes={t.num_processes} but {acc.num_processes} process(es) were "
+                            "launched; on CPU use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                            f"--num_processes {t.num_processes} ...` or torchrun --nproc_per_node {t.num_processes}")
+        set_seed(t.seed, deterministic=t.deterministic)
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        self._prepare_data()
+        self._build_model()
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_data(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        with acc.main_process_first():
+            self.data = load_text_data(cfg.data, cfg.train.seed)
+            train_texts = self.data.splits["train"]["text"] if cfg.tokenizer.train else None
+            self.tokenizer = build_tokenizer(cfg.tokenizer, train_texts)
+            tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
+        if acc.is_main_process:
+            save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
+        collator = make_collator(self.tokenizer)
+        t = cfg.train
+        generator = torch.Generator().manual_seed(t.seed)
+        loader = lambda split, bs, shuffle=False: DataLoader(  # noqa: E731
+            split, batch_size=bs, shuffle=shuffle, collate_fn=collator, num_workers=cfg.data.num_workers,
+            generator=generator if shuffle else None)
+        self.train_loader = loader(tokenized["train"], t.batch_size, shuffle=True)
+        self.eval_loaders = {name: loader(tokenized[name], t.eval_batch_size) for name in ("validation", "test")}
+        probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
+        self.probe_loader = loader(tokenized["train"].select(range(probe_n)), t.eval_batch_size)
+
+    def _build_model(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        tok = self.tokenizer
+        self.model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, self.data.num_classes,
+                                                  self.data.max_length)
+        if cfg.model.word_vectors:
+            self.word_vector_coverage = load_word_vectors(self.model.embedding, cfg.model.word_vectors, tok.get_vocab())
+        if cfg.model.freeze_embeddings:
+            self.model.embedding.weight.requires_grad_(False)
+        t = cfg.train
+        per_group = self.model.decoupled and cfg.method.backward == "per_group"
+        param_groups = [[p for p in stage.parameters() if p.requires_grad] for stage in self.model.stages]
+        make_opt = lambda groups: torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)  # noqa: E731
+        if per_group:  # one optimizer per stage: each can step as soon as its loss is ready
+            optimizers = [make_opt(params) for params in param_groups]
+        else:  # one optimizer, a parameter group per stage (one loss-scaler update per step under fp16)
+            optimizers = [make_opt([{"params": params} for params in param_groups])]
+        steps_per_epoch = math.ceil(len(self.train_loader) / acc.num_processes)
+        total = t.max_steps or steps_per_epoch * t.epochs
+        schedulers = [get_scheduler(t.scheduler, opt, num_warmup_steps=int(t.warmup_ratio * total),
+                                    num_training_steps=total) for opt in optimizers]
+        self.total_steps = total
+        # every stage prepared on its own: a DDP wrapper per stage, one backward per wrapper per step
+        self.train_stages = [acc.prepare(stage) for stage in self.model.stages]
+        self.optimizers = [acc.prepare(opt) for opt in optimizers]
+        self.schedulers = [acc.prepare(s) for s in schedulers]
+        self.train_loader = acc.prepare(self.train_loader)
+        self.eval_loaders = {k: acc.prepare(v) for k, v in self.eval_loaders.items()}
+        self.probe_loader = acc.prepare(self.probe_loader)
+        self.per_group = per_group
+
+    # ------------------------------------------------------------------ training
+    def _clip(self, stage_ids: list[int]) -> None:
+        if self.cfg.train.grad_clip is None:
+            return
+        for k in stage_ids:
+            torch.nn.utils.clip_grad_norm_(self.model.stages[k].parameters(), self.cfg.train.grad_clip)
+
+    def _update(self, opt_index: int, stage_ids: list[int], loss: torch.Tensor) -> None:
+        acc = self.accelerator
+        self.accelerator.backward(loss)
+        acc.unscale_gradients(self.optimizers[opt_index])
+        self._clip(stage_ids)
+        self.optimizers[opt_index].step()
+        self.schedulers[opt_index].step()
+        self.optimizers[opt_index].zero_grad(set_to_none=True)
+
+    def train_step(self, batch: dict) -> list[float]:
+        """One batch through every stage; returns each stage's loss (nan where it was non-finite)."""
+        values, pending = [], []
+        stream = self.model.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                        stages=self.train_stages)
+        for k, out in enumerate(stream):
+            loss = out.loss
+            finite = bool(torch.isfinite(loss.detach()))
+            values.append(float(loss.detach()) if finite else math.nan)
+            if finite and self.per_group:
+                self._update(k, [k], loss)
+            elif finite:
+                pending.append(loss)
+        # summed strategy: a non-finite stage loss skips the whole step (no backward ran yet)
+        if not self.per_group and len(pending) == len(values):
+            self._update(0, list(range(len(values))), sum(pending))
+        return values
+
+    def _check_finite(self, values: list[float], step: int) -> None:
+        bad = [k for k, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            self.nonfinite_total += 1
+            self.nonfinite_in_row += 1
+            log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
+            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite:
+                raise NonFiniteLoss(
+                    f"loss was non-finite in stage(s) {bad} for {self.nonfinite_in_row} steps in a row "
+                    f"(step {step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
+                    f" (checkpoints so far are in {self.run_dir})")
+        else:
+            self.nonfinite_in_row = 0
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        acc, cfg = self.accelerator, self.cfg
+        every_group = cfg.eval.every_group
+        outs = {name: collect(self.model, loader, acc, return_pooled=every_group)
+                for name, loader in self.eval_loaders.items()}
+        result = {name: classification_metrics(o.labels, o.final_logits) for name, o in outs.items()}
+        if every_group:
+            needs_probe = len(outs["test"].exit_logits) < len(outs["test"].pooled)
+            probe_train = collect(self.model, self.probe_loader, acc, return_pooled=True) if needs_probe else None
+            result["groups"] = layerwise(probe_train, outs, cfg.eval.probe_max_iter, cfg.train.seed)
+        result["_outputs"] = outs
+        return result
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        t = cfg.train
+        if t.log_with:
+            acc.init_trackers("nlp_decouple", config=_flat(cfg.to_dict()))
+        if acc.is_main_process:
+            log.info("run directory %s; data %s; %d parameters; groups %s", self.run_dir, self.data.stats,
+                     count_parameters(self.model), group_sizes(cfg))
+        self.nonfinite_in_row = self.nonfinite_total = 0
+        history, best, best_val = [], None, -1.0
+        step, train_time, samples = 0, 0.0, 0
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if acc.is_main_process:
+            metrics_path.write_text("")
+        for epoch in range(1, t.epochs + 1):
+            self.model.train()
+            epoch_losses, start = [], time.perf_counter()
+            bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{t.epochs}",
+                       disable=not (acc.is_local_main_process and t.progress), leave=False)
+            for batch in bar:
+                values = self.train_step(batch)
+                step += 1
+                samples += batch["labels"].shape[0] * acc.num_processes
+                self._check_finite(values, step)
+                epoch_losses.append(values)
+                bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values))
+                if t.log_with and step % 10 == 0:
+                    acc.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=step)
+                if t.max_steps is not None and step >= t.max_steps:
+                    break
+            epoch_time = time.perf_counter() - start
+            train_time += epoch_time
+            evaluation = self.evaluate()
+            outs = evaluation.pop("_outputs")
+            losses = np.nanmean(np.asarray(epoch_losses, dtype=float), axis=0).tolist() if epoch_losses else []
+            row = {"epoch": epoch, "step": step, "train_loss": losses, "epoch_time_s": epoch_time,
+                   "validation": evaluation["validation"], "test": evaluation["test"]}
+            if "groups" in evaluation:
+                row["groups"] = evaluation["groups"]
+            history.append(row)
+            val_acc = evaluation["validation"]["accuracy"]
+            improved = val_acc > best_val
+            if improved:
+                best_val, best = val_acc, row
+                best_report = detailed_report(outs["test"].labels, outs["test"].final_logits, self.data.label_names)
+            if acc.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                log.info("epoch %d: val acc %.4f, test acc %.4f (%.1fs)%s", epoch, val_acc,
+                         evaluation["test"]["accuracy"], epoch_time, "  * best" if improved else "")
+                self._save_weights("best" if improved else None)
+            if t.log_with:
+                acc.log({"val/accuracy": val_acc, "test/accuracy": evaluation["test"]["accuracy"]}, step=step)
+            if t.max_steps is not None and step >= t.max_steps:
+                break
+        if acc.is_main_process:
+            self._save_weights("last")
+        memory, memory_kind = peak_memory_mb(acc.device)
+        results = {
+            "best_epoch": best["epoch"],
+            "validation_accuracy": best["validation"]["accuracy"],
+            "test_accuracy": best["test"]["accuracy"],
+            "test_macro_f1": best["test"]["macro_f1"],
+            "last_epoch_test_accuracy": history[-1]["test"]["accuracy"],
+            "groups_at_best_epoch": best.get("groups"),
+            **best_report,
+            "label_names": self.data.label_names,
+            "epochs_run": len(history),
+            "steps": step,
+            "train_time_s": train_time,
+            "time_per_epoch_s": train_time / len(history),
+            "train_samples_per_s": samples / train_time if train_time else None,
+            "peak_memory_mb": memory,
+            "peak_memory_kind": memory_kind,
+            "num_parameters": count_parameters(self.model),
+            "nonfinite_steps": self.nonfinite_total,
+            "method": cfg.method.name,
+            "encoder": cfg.model.encoder,
+            "group_sizes": group_sizes(cfg),
+            "seed": t.seed,
+            "num_processes": acc.num_processes,
+            "device": str(acc.device),
+            "data": self.data.stats,
+            "versions": versions(),
+        }
+        if acc.is_main_process:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        acc.end_training()
+        return results
+
+    def _save_weights(self, tag: str | None) -> None:
+        if tag is None:
+            return
+        target = self.run_dir / tag
+        target.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(target / "model.safetensors"))
