@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["bp", "scpl", "early_exit", "deinforeg"] = "bp"
+    name: Literal["bp", "scpl", "early_exit", "deinforeg", "al"] = "bp"
     backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
     temperature: float = 0.1
     projection: Literal["identity", "linear", "mlp"] = "identity"
@@ -102,6 +103,9 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
+    save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
 
 
 @dataclass
@@ -148,6 +152,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` checked against type ``tp``; raise UserError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -182,6 +189,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -192,7 +201,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{prefix or 'recipe'}: expected a mapping of keys, got {raw!r}")
+        raise UserError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -253,6 +262,11 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value)
+        # tokenizer.name and tokenizer.train exclude each other: the one given last replaces the other
+        if key in ("tokenizer.name", "tokenizer.train") and value is not None:
+            other = "train" if key == "tokenizer.name" else "name"
+            if isinstance(raw.get("tokenizer"), dict):
+                raw["tokenizer"].pop(other, None)
     cfg = _build(Config, raw, "")
     validate(cfg)
     return cfg
@@ -291,6 +305,8 @@ def validate(cfg: Config) -> None:
     _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
     _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
     tok = cfg.tokenizer
+    _check(not (tok.name and tok.train), f"tokenizer.name={tok.name!r} and tokenizer.train={tok.train!r} "
+           "exclude each other: set one of them to null")
     _check(tok.vocab_size >= 100, f"tokenizer.vocab_size: {tok.vocab_size} is too small (use at least 100)")
     _check(tok.min_frequency >= 1, f"tokenizer.min_frequency: {tok.min_frequency} must be >= 1")
     for key in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
@@ -329,6 +345,8 @@ def validate(cfg: Config) -> None:
     _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")
     _check(t.max_steps is None or t.max_steps > 0, f"train.max_steps: {t.max_steps} must be positive or null")
     _check(t.num_processes is None or t.num_processes > 0, "train.num_processes must be positive")
+    _check(t.save_every is None or t.save_every > 0, f"train.save_every: {t.save_every} must be positive or null")
+    _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints: {t.keep_checkpoints} must be >= 1")
     _check(t.max_nonfinite >= 1, f"train.max_nonfinite: {t.max_nonfinite} must be >= 1")
     _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
            "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "

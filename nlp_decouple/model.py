@@ -1,7 +1,7 @@
 """The model a method trains: its stages in order, with one inference path for every method."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -11,17 +11,19 @@ from .models import Carry, build_blocks, cut_into_groups
 
 
 class StagedClassifier(nn.Module):
-    def __init__(self, stages: list[Stage], decoupled: bool):
+    def __init__(self, stages: list[Stage], decoupled: bool,
+                 infer: Callable[[Sequence[Stage], list[StageOutput]], list[StageOutput]] | None = None):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.decoupled = decoupled
+        self.infer = infer  # the method's inference hook (Method.infer), applied by run() without labels
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int, pad_id: int, num_classes: int, max_length: int):
         blocks = build_blocks(cfg.model, vocab_size, pad_id, max_length)
         groups = cut_into_groups(blocks, group_sizes(cfg))
         method = get_method(cfg.method.name)
-        return cls(method.build(cfg.method, groups, num_classes), method.decoupled)
+        return cls(method.build(cfg.method, groups, num_classes), method.decoupled, method.infer)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -48,7 +50,13 @@ class StagedClassifier(nn.Module):
 
     def run(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None,
             return_pooled: bool = False) -> list[StageOutput]:
-        return list(self.iter_stages(input_ids, attention_mask, labels, return_pooled))
+        """All stage outputs. Without labels (inference) the method's ``infer`` hook, if any, then
+        completes them, e.g. AL decodes each stage's bridge output into that stage's exit logits
+        through the decoders of the stages below it (read-only: no carry is cut or changed here)."""
+        outs = list(self.iter_stages(input_ids, attention_mask, labels, return_pooled))
+        if labels is None and self.infer is not None:
+            outs = self.infer(list(self.stages), outs)
+        return outs
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Class logits of the final exit."""

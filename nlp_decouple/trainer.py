@@ -15,6 +15,8 @@ import logging
 import math
 import platform
 import resource
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .checkpoint import find_resume_point, load_checkpoint, save_checkpoint
 from .config import Config, group_sizes, save_config
 from .data import load_text_data, make_collator, tokenize_splits
 from .errors import UserError
@@ -103,10 +106,10 @@ class Trainer:
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
         collator = make_collator(self.tokenizer)
         t = cfg.train
-        generator = torch.Generator().manual_seed(t.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(t.seed)  # re-seeded every epoch
         loader = lambda split, bs, shuffle=False: DataLoader(  # noqa: E731
             split, batch_size=bs, shuffle=shuffle, collate_fn=collator, num_workers=cfg.data.num_workers,
-            generator=generator if shuffle else None)
+            generator=self.shuffle_generator if shuffle else None)
         self.train_loader = loader(tokenized["train"], t.batch_size, shuffle=True)
         self.eval_loaders = {name: loader(tokenized[name], t.eval_batch_size) for name in ("validation", "test")}
         probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
@@ -177,19 +180,20 @@ class Trainer:
             self._update(0, list(range(len(values))), sum(pending))
         return values
 
-    def _check_finite(self, values: list[float], step: int) -> None:
+    def _check_finite(self, values: list[float], p: dict) -> None:
+        """Count non-finite losses (their updates were skipped); stop after too many in a row."""
         bad = [k for k, v in enumerate(values) if not math.isfinite(v)]
-        if bad:
-            self.nonfinite_total += 1
-            self.nonfinite_in_row += 1
-            log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
-            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite:
-                raise NonFiniteLoss(
-                    f"loss was non-finite in stage(s) {bad} for {self.nonfinite_in_row} steps in a row "
-                    f"(step {step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
-                    f" (checkpoints so far are in {self.run_dir})")
-        else:
-            self.nonfinite_in_row = 0
+        if not bad:
+            p["nonfinite_in_row"] = 0
+            return
+        p["nonfinite_total"] += 1
+        p["nonfinite_in_row"] += 1
+        log.warning("step %d: non-finite loss in stage(s) %s; update skipped", p["step"], bad)
+        if p["nonfinite_in_row"] >= self.cfg.train.max_nonfinite:
+            raise NonFiniteLoss(
+                f"loss was non-finite in stage(s) {bad} for {p['nonfinite_in_row']} steps in a row "
+                f"(step {p['step']}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
+                f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -205,7 +209,38 @@ class Trainer:
         result["_outputs"] = outs
         return result
 
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self) -> dict:
+        """What a checkpoint must share with this run to be resumed."""
+        c = self.cfg
+        return {"model": _flat(vars(c.model)).__repr__(), "method": _flat(vars(c.method)).__repr__(),
+                "data": c.data.name, "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
+                "batch_size": c.train.batch_size, "num_processes": self.accelerator.num_processes,
+                "backward": self.per_group}
+
+    def _checkpoint(self, progress: dict) -> None:
+        state = {**progress, "fingerprint": self._fingerprint()}
+        path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", progress["step"], state,
+                               self.cfg.train.keep_checkpoints)
+        log.info("checkpoint %s", path)
+
+    def _resume_state(self) -> dict | None:
+        resume = self.cfg.train.resume
+        if resume is None:
+            return None
+        path = find_resume_point(resume, self.run_dir / "checkpoints")
+        if path is None:
+            log.info("train.resume=auto: no checkpoint yet, starting afresh")
+            return None
+        state = load_checkpoint(self.accelerator, path, self._fingerprint())
+        log.info("resumed from %s (epoch %d, %d batches into it)", path, state["epoch"], state["batches_done"])
+        return state
+
     # ------------------------------------------------------------------ main loop
+    def _seed_step(self, step: int) -> None:
+        # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks
+        torch.manual_seed(self.cfg.train.seed * 1_000_003 + step * 1009 + self.accelerator.process_index)
+
     def fit(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         t = cfg.train
@@ -214,91 +249,142 @@ class Trainer:
         if acc.is_main_process:
             log.info("run directory %s; data %s; %d parameters; groups %s", self.run_dir, self.data.stats,
                      count_parameters(self.model), group_sizes(cfg))
-        self.nonfinite_in_row = self.nonfinite_total = 0
-        history, best, best_val = [], None, -1.0
-        step, train_time, samples = 0, 0.0, 0
+        p = {"epoch": 1, "batches_done": 0, "step": 0, "samples": 0, "train_time": 0.0, "history": [],
+             "best": None, "best_report": None, "epoch_losses": [], "nonfinite_total": 0, "nonfinite_in_row": 0}
+        p.update(self._resume_state() or {})
+        p.pop("fingerprint", None)
         metrics_path = self.run_dir / "metrics.jsonl"
-        if acc.is_main_process:
-            metrics_path.write_text("")
-        for epoch in range(1, t.epochs + 1):
+        if acc.is_main_process:  # rewritten from the history, so a resumed run's file equals an uninterrupted one's
+            metrics_path.write_text("".join(json.dumps(row) + "\n" for row in p["history"]))
+        stop = _StopSignal()
+        done = t.max_steps is not None and p["step"] >= t.max_steps
+        while p["epoch"] <= t.epochs and not done:
+            epoch = p["epoch"]
             self.model.train()
-            epoch_losses, start = [], time.perf_counter()
-            bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{t.epochs}",
+            self.shuffle_generator.manual_seed(t.seed * 7919 + epoch)  # the epoch's order, also after a resume
+            loader = self.train_loader
+            if p["batches_done"]:
+                loader = acc.skip_first_batches(loader, p["batches_done"])
+            bar = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", initial=p["batches_done"], total=len(self.train_loader),
                        disable=not (acc.is_local_main_process and t.progress), leave=False)
+            start = time.perf_counter()
             for batch in bar:
+                self._seed_step(p["step"])
                 values = self.train_step(batch)
-                step += 1
-                samples += batch["labels"].shape[0] * acc.num_processes
-                self._check_finite(values, step)
-                epoch_losses.append(values)
+                p["step"] += 1
+                p["batches_done"] += 1
+                p["samples"] += batch["labels"].shape[0] * acc.num_processes
+                self._check_finite(values, p)
+                p["epoch_losses"].append(values)
                 bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values))
-                if t.log_with and step % 10 == 0:
-                    acc.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=step)
-                if t.max_steps is not None and step >= t.max_steps:
+                if t.log_with and p["step"] % 10 == 0:
+                    acc.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=p["step"])
+                done = t.max_steps is not None and p["step"] >= t.max_steps
+                if stop.requested or (t.save_every and p["step"] % t.save_every == 0 and not done
+                                      and p["batches_done"] < len(self.train_loader)):
+                    p["train_time"] += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self._checkpoint(p)
+                if stop.requested:
+                    stop.restore()
+                    raise UserError(f"stopped by {stop.requested}; checkpoint saved: continue with the same "
+                                    "command and train.resume=auto")
+                if done:
                     break
             epoch_time = time.perf_counter() - start
-            train_time += epoch_time
-            evaluation = self.evaluate()
-            outs = evaluation.pop("_outputs")
-            losses = np.nanmean(np.asarray(epoch_losses, dtype=float), axis=0).tolist() if epoch_losses else []
-            row = {"epoch": epoch, "step": step, "train_loss": losses, "epoch_time_s": epoch_time,
-                   "validation": evaluation["validation"], "test": evaluation["test"]}
-            if "groups" in evaluation:
-                row["groups"] = evaluation["groups"]
-            history.append(row)
-            val_acc = evaluation["validation"]["accuracy"]
-            improved = val_acc > best_val
-            if improved:
-                best_val, best = val_acc, row
-                best_report = detailed_report(outs["test"].labels, outs["test"].final_logits, self.data.label_names)
-            if acc.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                log.info("epoch %d: val acc %.4f, test acc %.4f (%.1fs)%s", epoch, val_acc,
-                         evaluation["test"]["accuracy"], epoch_time, "  * best" if improved else "")
-                self._save_weights("best" if improved else None)
-            if t.log_with:
-                acc.log({"val/accuracy": val_acc, "test/accuracy": evaluation["test"]["accuracy"]}, step=step)
-            if t.max_steps is not None and step >= t.max_steps:
-                break
+            p["train_time"] += epoch_time
+            self._end_epoch(p, epoch_time, metrics_path)
+            p["epoch"] += 1
+            p["batches_done"] = 0
+            p["epoch_losses"] = []
+            self._checkpoint(p)
+        stop.restore()
         if acc.is_main_process:
             self._save_weights("last")
+        results = self._results(p)
+        if acc.is_main_process:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        acc.end_training()
+        return results
+
+    def _end_epoch(self, p: dict, epoch_time: float, metrics_path: Path) -> None:
+        acc, t = self.accelerator, self.cfg.train
+        epoch = p["epoch"]
+        evaluation = self.evaluate()
+        outs = evaluation.pop("_outputs")
+        losses = np.nanmean(np.asarray(p["epoch_losses"], dtype=float), axis=0).tolist() if p["epoch_losses"] else []
+        row = {"epoch": epoch, "step": p["step"], "train_loss": losses, "epoch_time_s": epoch_time,
+               "validation": evaluation["validation"], "test": evaluation["test"]}
+        if "groups" in evaluation:
+            row["groups"] = evaluation["groups"]
+        p["history"].append(row)
+        val_acc = evaluation["validation"]["accuracy"]
+        improved = p["best"] is None or val_acc > p["best"]["validation"]["accuracy"]
+        if improved:
+            p["best"] = row
+            p["best_report"] = detailed_report(outs["test"].labels, outs["test"].final_logits, self.data.label_names)
+        if acc.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            log.info("epoch %d: val acc %.4f, test acc %.4f (%.1fs)%s", epoch, val_acc,
+                     evaluation["test"]["accuracy"], epoch_time, "  * best" if improved else "")
+            if improved:
+                self._save_weights("best")
+        if t.log_with:
+            acc.log({"val/accuracy": val_acc, "test/accuracy": evaluation["test"]["accuracy"]}, step=p["step"])
+
+    def _results(self, p: dict) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        best, history = p["best"], p["history"]
         memory, memory_kind = peak_memory_mb(acc.device)
-        results = {
+        return {
             "best_epoch": best["epoch"],
             "validation_accuracy": best["validation"]["accuracy"],
             "test_accuracy": best["test"]["accuracy"],
             "test_macro_f1": best["test"]["macro_f1"],
             "last_epoch_test_accuracy": history[-1]["test"]["accuracy"],
             "groups_at_best_epoch": best.get("groups"),
-            **best_report,
+            **p["best_report"],
             "label_names": self.data.label_names,
             "epochs_run": len(history),
-            "steps": step,
-            "train_time_s": train_time,
-            "time_per_epoch_s": train_time / len(history),
-            "train_samples_per_s": samples / train_time if train_time else None,
+            "steps": p["step"],
+            "train_time_s": p["train_time"],
+            "time_per_epoch_s": p["train_time"] / len(history),
+            "train_samples_per_s": p["samples"] / p["train_time"] if p["train_time"] else None,
             "peak_memory_mb": memory,
             "peak_memory_kind": memory_kind,
             "num_parameters": count_parameters(self.model),
-            "nonfinite_steps": self.nonfinite_total,
+            "nonfinite_steps": p["nonfinite_total"],
             "method": cfg.method.name,
             "encoder": cfg.model.encoder,
             "group_sizes": group_sizes(cfg),
-            "seed": t.seed,
+            "seed": cfg.train.seed,
             "num_processes": acc.num_processes,
             "device": str(acc.device),
             "data": self.data.stats,
             "versions": versions(),
         }
-        if acc.is_main_process:
-            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        acc.end_training()
-        return results
 
-    def _save_weights(self, tag: str | None) -> None:
-        if tag is None:
-            return
+    def _save_weights(self, tag: str) -> None:
         target = self.run_dir / tag
         target.mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(target / "model.safetensors"))
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary, then exits."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

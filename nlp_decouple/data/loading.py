@@ -73,6 +73,8 @@ def _load_raw(cfg: DataConfig, spec: DatasetSpec) -> DatasetDict:
         except (FileNotFoundError, ValueError) as err:
             raise UserError(f"data.path {cfg.path!r}: no dataset found there ({err}); give a Hub-layout "
                             "folder, a save_to_disk folder or a data file") from None
+    if spec.hub_id is None:  # data.name=custom without a path: nothing to fetch from the Hub
+        raise UserError(f"data.name={cfg.name} needs data.path=<folder or file> (CSV/JSON/parquet or a dataset folder)")
     try:
         return datasets.load_dataset(spec.hub_id, spec.hub_config)
     except Exception as err:  # offline, DNS, HTTP errors all arrive as different types

@@ -6,10 +6,11 @@ holding every group, so gradients flow end to end and the cuts are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..config import MethodConfig
 from ..models import BlockGroup
+from .al import ALHead, ALStage, al_infer, build_al
 from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
 
 
@@ -19,6 +20,9 @@ class Method:
     decoupled: bool
     build: Callable[[MethodConfig, list[BlockGroup], int], list[Stage]]
     summary: str
+    # optional inference hook, applied by StagedClassifier.run when labels is None: (stages, outputs) ->
+    # outputs, e.g. to fill each stage's logits from decoders that live in other stages (AL)
+    infer: Callable[[Sequence[Stage], list[StageOutput]], list[StageOutput]] | None = None
 
 
 def _bp(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:
@@ -57,6 +61,8 @@ METHODS: dict[str, Method] = {
     "early_exit": Method("early_exit", True, _early_exit, "a classifier with cross-entropy per group"),
     "deinforeg": Method("deinforeg", True, _deinforeg,
                         "invariance/variance/covariance per group + 0.001 x cross-entropy"),
+    "al": Method("al", True, build_al, "associated learning: bridge + label autoencoder per group; "
+                 "inference decodes the label side down to layer 1", infer=al_infer),
 }
 
 
@@ -66,5 +72,5 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "get_method", "ClassifierHead", "CombinedHead", "ContrastiveHead",
+__all__ = ["METHODS", "Method", "get_method", "ALHead", "ALStage", "ClassifierHead", "CombinedHead", "ContrastiveHead",
            "HeadOutput", "InfoRegHead", "Stage", "StageOutput"]

@@ -1,0 +1,71 @@
+"""Atomic, resumable checkpoints built on ``Accelerator.save_state``.
+
+A checkpoint is written into a hidden temporary directory and renamed into place only when complete, so
+a run killed mid-write never leaves a checkpoint that a resume could pick up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from .errors import UserError
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step_"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary directories and stray files are ignored)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict, keep: int) -> Path:
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state))  # written last: marks the checkpoint complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume_point(resume: str, root: Path) -> Path | None:
+    if resume == "auto":
+        found = complete_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"train.resume {resume!r} is not a complete checkpoint (no {STATE_FILE}); "
+                        f"use train.resume=auto or one of {[str(p) for p in complete_checkpoints(root)]}")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, fingerprint: dict) -> dict:
+    state = json.loads((path / STATE_FILE).read_text())
+    saved = state.get("fingerprint", {})
+    diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:3])
+        raise UserError(f"checkpoint {str(path)!r} was made with a different config ({shown}); use the same "
+                        "model/method/data settings, or a new output_dir/run_name to start afresh")
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"checkpoint {str(path)!r} does not fit this model ({str(err).splitlines()[0][:160]}); "
+                        "start afresh with a new run_name") from None
+    return state

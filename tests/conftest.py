@@ -1,0 +1,47 @@
+"""Shared fixtures: where the real offline data lives, and small configs for fast runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NLP_DECOUPLE_SHARED", REPO.parent / "shared")).resolve()
+AG_NEWS = SHARED / "datasets" / "ag_news_7600"
+IMDB = SHARED / "datasets" / "imdb_999"
+RAW = SHARED / "datasets" / "raw"
+HF_CACHE = SHARED / "hf-cache"
+HUB_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never touch the network; the Hub tokenizer comes from the shared cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    if HF_CACHE.is_dir():
+        monkeypatch.setenv("HF_HUB_CACHE", str(HF_CACHE))
+
+
+def need(path: Path):
+    """Skip (with the reason) when a piece of ../shared is absent; CI has it."""
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not found: set NLP_DECOUPLE_SHARED to the shared data folder")
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """Overrides that make any recipe run in seconds on CPU."""
+    return [f"output_dir={tmp_path}", "train.progress=false", "model.hidden_size=32", "model.num_heads=2",
+            "model.ffn_size=64", "model.num_layers=2", "train.batch_size=32", "eval.probe_samples=200"]
+
+
+# huggingface_hub and datasets read these variables once, when first imported (often while test modules
+# are collected, before any fixture runs): set them here too, or the autouse fixture above comes too late
+# and a Hub lookup goes online (retrying for a minute) instead of to the shared cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if HF_CACHE.is_dir():
+    os.environ["HF_HUB_CACHE"] = str(HF_CACHE)
