@@ -1,0 +1,124 @@
+"""Checkpoints: a run SIGKILLed at arbitrary points and resumed ends exactly like an uninterrupted one;
+half-written checkpoints are never picked up; a checkpoint from another config is refused."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nlp_decouple.checkpoint import complete_checkpoints, find_resume_point
+from nlp_decouple.config import load_config
+from nlp_decouple.errors import UserError
+from nlp_decouple.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=32", "model.num_layers=2",
+          "train.epochs=2", "train.batch_size=32", "data.synthetic_train_size=600", "data.synthetic_test_size=100",
+          "train.save_every=4", "train.deterministic=true", "eval.probe_samples=100", "run_name=run"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *COMMON, f"output_dir={out}", *extra]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _kill_after_checkpoint(out: Path, step: int, *extra: str) -> None:
+    """Start a run and SIGKILL it as soon as the checkpoint of ``step`` exists (somewhere after it)."""
+    cmd = [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *COMMON, f"output_dir={out}",
+           "train.resume=auto", *extra]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = out / "run" / "checkpoints" / f"step_{step:08d}"
+    deadline = time.time() + 240
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), f"the run never wrote the checkpoint of step {step}"
+
+
+def _final(out: Path) -> tuple[dict, dict, list[dict]]:
+    weights = load_file(str(out / "run" / "last" / "model.safetensors"))
+    results = json.loads((out / "run" / "results.json").read_text())
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("epoch_time_s")
+    return weights, results, rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bp", "scpl"])
+def test_sigkill_and_resume_gives_identical_weights_and_metrics(tmp_path, method):
+    reference = tmp_path / "uninterrupted"
+    assert _train(reference, f"method.name={method}").returncode == 0
+    interrupted = tmp_path / "interrupted"
+    # kill points: mid first epoch, then in the second epoch after a resume, then resume to the end
+    for step in (4, 20):
+        _kill_after_checkpoint(interrupted, step, f"method.name={method}")
+    done = _train(interrupted, f"method.name={method}", "train.resume=auto")
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    w_ref, r_ref, m_ref = _final(reference)
+    w_new, r_new, m_new = _final(interrupted)
+    assert w_ref.keys() == w_new.keys()
+    for key in w_ref:
+        assert torch.equal(w_ref[key], w_new[key]), key
+    assert m_ref == m_new
+    for key in ("test_accuracy", "test_macro_f1", "best_epoch", "steps", "confusion_matrix"):
+        assert r_ref[key] == r_new[key], key
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step_00000004").mkdir(parents=True)
+    (root / "step_00000004" / "trainer_state.json").write_text("{}")
+    (root / ".tmp-step_00000008").mkdir()  # killed mid-write: never renamed into place
+    (root / "step_00000012").mkdir()  # no state file: incomplete
+    assert [p.name for p in complete_checkpoints(root)] == ["step_00000004"]
+    assert find_resume_point("auto", root).name == "step_00000004"
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        find_resume_point(str(root / "step_00000012"), root)
+
+
+def _tiny(tmp_path, *extra):
+    return load_config("recipes/quickstart.yaml", [*COMMON, f"output_dir={tmp_path}", "train.epochs=1",
+                                                   "data.synthetic_train_size=200", *extra])
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    Trainer(_tiny(tmp_path)).fit()
+    with pytest.raises(UserError, match="different config"):
+        Trainer(_tiny(tmp_path, "model.hidden_size=48", "train.resume=auto")).fit()
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
+    first = Trainer(_tiny(tmp_path)).fit()
+    again = Trainer(_tiny(tmp_path, "train.resume=auto")).fit()
+    assert again["steps"] == first["steps"] and again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    cmd = [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *COMMON, f"output_dir={tmp_path}",
+           "train.save_every=1000", "train.epochs=50"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "config.yaml"
+    deadline = time.time() + 120
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(4)  # into training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert complete_checkpoints(tmp_path / "run" / "checkpoints")
