@@ -304,6 +304,11 @@ def validate(cfg: Config) -> None:
            "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
     _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
     _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
+    from .data.registry import REGISTRY, known_names  # no heavy imports: a plain table
+
+    close = difflib.get_close_matches(d.name, known_names(), n=1)
+    _check(d.name in REGISTRY or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
+           + (f" (did you mean {close[0]!r}?)" if close else "") + f"; use one of {', '.join(known_names())}")
     tok = cfg.tokenizer
     _check(not (tok.name and tok.train), f"tokenizer.name={tok.name!r} and tokenizer.train={tok.train!r} "
            "exclude each other: set one of them to null")

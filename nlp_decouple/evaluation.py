@@ -68,6 +68,9 @@ def probe_accuracies(train: SplitOutputs, evals: dict[str, SplitOutputs], max_it
     """Fit a logistic-regression probe per group on training features; accuracy on each eval split."""
     results = []
     for k, features in enumerate(train.pooled):
+        if k in train.exit_logits:  # the group's own exit is its accuracy: no probe needed
+            results.append({})
+            continue
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
         probe.fit(features, train.labels)
         results.append({name: float(probe.score(out.pooled[k], out.labels)) for name, out in evals.items()})

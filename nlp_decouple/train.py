@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import datasets
+
+    datasets.disable_progress_bars()  # our own bar shows training; map/filter bars only add noise
     from .trainer import Trainer  # heavy imports only after the config is known to be good
 
     results = Trainer(cfg).fit()

@@ -15,6 +15,7 @@ import logging
 import math
 import platform
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoint import find_resume_point, load_checkpoint, save_checkpoint
+from .checkpoint import complete_checkpoints, find_resume_point, load_checkpoint, save_checkpoint
 from .config import Config, group_sizes, save_config
 from .data import load_text_data, make_collator, tokenize_splits
 from .errors import UserError
@@ -127,18 +128,26 @@ class Trainer:
         t = cfg.train
         per_group = self.model.decoupled and cfg.method.backward == "per_group"
         param_groups = [[p for p in stage.parameters() if p.requires_grad] for stage in self.model.stages]
+        trainable = [k for k, params in enumerate(param_groups) if params]  # e.g. a frozen embedding is not
+        if not trainable:
+            raise UserError("nothing to train: every parameter is frozen; set model.freeze_embeddings=false")
         make_opt = lambda groups: torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)  # noqa: E731
         if per_group:  # one optimizer per stage: each can step as soon as its loss is ready
-            optimizers = [make_opt(params) for params in param_groups]
+            optimizers = [make_opt(param_groups[k]) for k in trainable]
+            self.optimizer_of = {k: i for i, k in enumerate(trainable)}
         else:  # one optimizer, a parameter group per stage (one loss-scaler update per step under fp16)
-            optimizers = [make_opt([{"params": params} for params in param_groups])]
+            optimizers = [make_opt([{"params": param_groups[k]} for k in trainable])]
+            self.optimizer_of = {k: 0 for k in trainable}
         steps_per_epoch = math.ceil(len(self.train_loader) / acc.num_processes)
         total = t.max_steps or steps_per_epoch * t.epochs
-        schedulers = [get_scheduler(t.scheduler, opt, num_warmup_steps=int(t.warmup_ratio * total),
+        # a warm-up needs a schedule that has one: "constant" becomes constant-after-warm-up
+        schedule = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
+        schedulers = [get_scheduler(schedule, opt, num_warmup_steps=int(t.warmup_ratio * total),
                                     num_training_steps=total) for opt in optimizers]
         self.total_steps = total
-        # every stage prepared on its own: a DDP wrapper per stage, one backward per wrapper per step
-        self.train_stages = [acc.prepare(stage) for stage in self.model.stages]
+        # every trainable stage prepared on its own: a DDP wrapper per stage, one backward per wrapper per step
+        self.train_stages = [acc.prepare(stage) if k in self.optimizer_of else stage.to(acc.device)
+                             for k, stage in enumerate(self.model.stages)]
         self.optimizers = [acc.prepare(opt) for opt in optimizers]
         self.schedulers = [acc.prepare(s) for s in schedulers]
         self.train_loader = acc.prepare(self.train_loader)
@@ -171,13 +180,15 @@ class Trainer:
             loss = out.loss
             finite = bool(torch.isfinite(loss.detach()))
             values.append(float(loss.detach()) if finite else math.nan)
-            if finite and self.per_group:
-                self._update(k, [k], loss)
-            elif finite:
+            if not finite or k not in self.optimizer_of:  # skipped, or nothing to train in this stage
+                continue
+            if self.per_group:
+                self._update(self.optimizer_of[k], [k], loss)
+            else:
                 pending.append(loss)
         # summed strategy: a non-finite stage loss skips the whole step (no backward ran yet)
-        if not self.per_group and len(pending) == len(values):
-            self._update(0, list(range(len(values))), sum(pending))
+        if pending and all(math.isfinite(v) for v in values):
+            self._update(0, list(self.optimizer_of), sum(pending))
         return values
 
     def _check_finite(self, values: list[float], p: dict) -> None:
@@ -213,10 +224,9 @@ class Trainer:
     def _fingerprint(self) -> dict:
         """What a checkpoint must share with this run to be resumed."""
         c = self.cfg
-        return {"model": _flat(vars(c.model)).__repr__(), "method": _flat(vars(c.method)).__repr__(),
-                "data": c.data.name, "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
-                "batch_size": c.train.batch_size, "num_processes": self.accelerator.num_processes,
-                "backward": self.per_group}
+        return {**_flat(vars(c.model), "model."), **_flat(vars(c.method), "method."), "data.name": c.data.name,
+                "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
+                "train.batch_size": c.train.batch_size, "num_processes": self.accelerator.num_processes}
 
     def _checkpoint(self, progress: dict) -> None:
         state = {**progress, "fingerprint": self._fingerprint()}
@@ -227,6 +237,12 @@ class Trainer:
     def _resume_state(self) -> dict | None:
         resume = self.cfg.train.resume
         if resume is None:
+            if self.accelerator.is_main_process and complete_checkpoints(self.run_dir / "checkpoints"):
+                # a fresh run replaces this run directory's results; stale checkpoints would be resumed later
+                log.warning("starting afresh: removing the earlier checkpoints in %s (train.resume=auto continues "
+                            "a run instead)", self.run_dir / "checkpoints")
+                shutil.rmtree(self.run_dir / "checkpoints")
+            self.accelerator.wait_for_everyone()
             return None
         path = find_resume_point(resume, self.run_dir / "checkpoints")
         if path is None:

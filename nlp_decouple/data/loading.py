@@ -160,7 +160,8 @@ def load_text_data(cfg: DataConfig, seed: int) -> TextData:
         test, dropped = _normalise(raw[spec.test_split], "test", text_fields, label_field, names, cfg)
         stats["dropped_empty"]["test"] = dropped
     else:  # a single file or folder with one split: carve test first, so it never sees validation choices
-        parts = train.train_test_split(test_size=cfg.test_fraction, stratify_by_column="label", seed=seed)
+        # seed 0 whatever train.seed: every seed of a comparison is scored on the same test set
+        parts = train.train_test_split(test_size=cfg.test_fraction, stratify_by_column="label", seed=0)
         train, test = parts["train"], parts["test"]
         stats["test_carved_from_train"] = True
     if len(train) < 4 or len(test) == 0:
@@ -172,7 +173,7 @@ def load_text_data(cfg: DataConfig, seed: int) -> TextData:
         train = train.shuffle(seed=seed).select(range(cfg.max_train_samples))
     if cfg.max_eval_samples is not None:
         validation = validation.select(range(min(cfg.max_eval_samples, len(validation))))
-        test = test.shuffle(seed=seed).select(range(min(cfg.max_eval_samples, len(test))))
+        test = test.shuffle(seed=0).select(range(min(cfg.max_eval_samples, len(test))))
     if cfg.label_noise > 0:
         train, stats["label_noise_realised"] = _noisy_labels(train, cfg.label_noise, len(names), seed)
     for key, value in stats["dropped_empty"].items():

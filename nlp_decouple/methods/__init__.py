@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..config import MethodConfig
-from ..models import BlockGroup
+from ..models import BlockGroup, EmbeddingBlock
 from .al import ALHead, ALStage, al_infer, build_al
 from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
 
@@ -48,8 +48,9 @@ def _early_exit(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -
 def _deinforeg(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:
     def head(k: int, group: BlockGroup) -> InfoRegHead:
         # the reference gives the embedding block the local loss but no classifier
+        embedding_only = len(group.blocks) == 1 and isinstance(group.blocks[0], EmbeddingBlock)
         return InfoRegHead(group.pool_dim, num_classes, cfg.projection, cfg.projection_dim,
-                           cfg.inforeg_weights, cfg.ce_weight, with_classifier=k > 0 or len(groups) == 1,
+                           cfg.inforeg_weights, cfg.ce_weight, with_classifier=not embedding_only or len(groups) == 1,
                            classifier_detach=cfg.classifier_detach)
 
     return [Stage([g], head(k, g)) for k, g in enumerate(groups)]
