@@ -103,6 +103,11 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
+    pipeline: bool = False  # layer groups as pipeline stages, one worker thread (and device) each
+    devices: str | list[str] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
+    micro_batches: int = 4  # pipelined bp (GPipe): micro-batches per batch
+    queue_size: int = 2  # pipeline: batches a stage may run ahead of the next
+    threads_per_stage: int | None = None  # pipeline on CPU: intra-op threads per stage (default: split evenly)
     save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
@@ -350,6 +355,13 @@ def validate(cfg: Config) -> None:
     _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")
     _check(t.max_steps is None or t.max_steps > 0, f"train.max_steps: {t.max_steps} must be positive or null")
     _check(t.num_processes is None or t.num_processes > 0, "train.num_processes must be positive")
+    if t.pipeline:
+        _check(t.mixed_precision != "fp16", "train.pipeline with train.mixed_precision=fp16 would update one loss "
+               "scaler from several threads: use train.mixed_precision=bf16 or no")
+        _check(meth.name == "bp" or meth.backward == "per_group", "train.pipeline steps each stage on its own: "
+               "use method.backward=per_group")
+        _check(t.micro_batches >= 1 and t.queue_size >= 1, "train.micro_batches and train.queue_size must be >= 1")
+        _check(t.threads_per_stage is None or t.threads_per_stage >= 1, "train.threads_per_stage must be >= 1")
     _check(t.save_every is None or t.save_every > 0, f"train.save_every: {t.save_every} must be positive or null")
     _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints: {t.keep_checkpoints} must be >= 1")
     _check(t.max_nonfinite >= 1, f"train.max_nonfinite: {t.max_nonfinite} must be >= 1")

@@ -15,6 +15,27 @@ Pieces:
   run across devices too -- evaluation needs nothing else.
 - :class:`PipelineRunner` trains: ``run(batches)`` yields, per batch and in batch order, every stage's
   loss value (``nan`` where non-finite; that stage's update is then skipped, as in the trainer).
+- :func:`run_placed`: inference through placed stages without hooks (what ``StagedClassifier.run``
+  does, moving the carry per stage).
+- :class:`GPipeBP`: GPipe-style pipelined ``bp`` (micro-batches through the groups on their devices,
+  gradients accumulated, one step per batch; equal to plain BP up to float rounding).
+
+Wiring into the trainer (``train.pipeline: true``, ``train.devices``), single process, decoupled method
+with ``method.backward=per_group``::
+
+    devices = assign_devices(cfg.train.devices, len(model.stages))
+    place_stages(model.stages, devices)        # before the first optimizer step; evaluation now works as is
+    def update(k, loss):                       # a frozen stage has no optimizer: nothing to do
+        if k in self.optimizer_of:
+            self._update(self.optimizer_of[k], [k], loss)
+    runner = PipelineRunner(model.stages, devices, update)
+    try:
+        for epoch ...:
+            left = None if max_steps is None else max_steps - step
+            for batch, values in runner.run(self.train_loader, limit=left, with_batch=True):
+                step += 1; samples += batch["labels"].shape[0]; self._check_finite(values, step) ...
+    finally:
+        runner.close()
 
 How the hand-off works. Between stages sits a bounded queue (``queue_size``), so a fast stage runs at
 most ``queue_size + 1`` batches ahead of the next and memory stays bounded. Stage k: forward → local loss
@@ -45,6 +66,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import queue
@@ -295,7 +317,8 @@ class PipelineRunner:
 
     ``update(k, loss)`` backpropagates stage k's local loss and steps stage k's own optimizer and
     scheduler; it is called in stage k's thread (under its CUDA stream), once per finite loss, in batch
-    order. The trainer passes ``lambda k, loss: self._update(k, [k], loss)``.
+    order. The trainer passes ``self._update(self.optimizer_of[k], [k], loss)`` (nothing for a stage
+    without an optimizer, e.g. a frozen embedding).
 
     ``run(batches, limit=None)`` yields one list per batch, in batch order: every stage's loss value
     (``nan`` where non-finite, update skipped). When the generator finishes, every stage has finished
@@ -353,7 +376,9 @@ class PipelineRunner:
             ) -> Iterator[list[float]] | Iterator[tuple[dict, list[float]]]:
         """Feed ``batches`` (dicts with input_ids, attention_mask, labels) through the pipeline; yield
         every stage's loss value per batch, in batch order (``with_batch``: ``(batch, values)``, e.g.
-        to count samples). ``limit``: stop after this many batches."""
+        to count samples). ``limit``: stop after this many batches; the next ``run`` on the same
+        iterator continues with the next batch (checkpoints every N steps: run in chunks of N and save
+        between runs, when no worker is touching weights or optimizer state)."""
         if self._closed:
             raise RuntimeError("PipelineRunner is closed")
         if self._active is not None:
@@ -419,9 +444,8 @@ class PipelineRunner:
 
     def _feed(self, state: dict, batches: Iterable[dict], limit: int | None) -> None:
         try:
-            for index, batch in enumerate(batches):
-                if limit is not None and index >= limit:
-                    break
+            # islice stops before pulling batch limit+1, so a shared iterator can be run in chunks
+            for index, batch in enumerate(itertools.islice(batches, limit)):
                 if state["with_batch"]:
                     state["fed"].append(batch)
                 carry = Carry(batch["input_ids"], batch["attention_mask"].bool())

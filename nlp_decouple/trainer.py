@@ -41,6 +41,7 @@ from .data import load_text_data, make_collator, tokenize_splits
 from .errors import UserError
 from .evaluation import classification_metrics, collect, detailed_report, layerwise
 from .model import StagedClassifier, count_parameters
+from .pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages
 from .models import load_word_vectors
 from .tokenization import build_tokenizer, save_tokenizer
 
@@ -154,6 +155,35 @@ class Trainer:
         self.eval_loaders = {k: acc.prepare(v) for k, v in self.eval_loaders.items()}
         self.probe_loader = acc.prepare(self.probe_loader)
         self.per_group = per_group
+        self.runner = self.gpipe = None
+        if t.pipeline:
+            self._build_pipeline()
+
+    def _build_pipeline(self) -> None:
+        """Place the stages (bp: its groups) on devices; a worker thread per stage trains them."""
+        acc, t = self.accelerator, self.cfg.train
+        if acc.num_processes != 1:
+            raise UserError("train.pipeline runs in one process (its stages are the parallelism): launch "
+                            "without --num_processes, or set train.pipeline=false for data parallel")
+        if self.model.decoupled:
+            devices = assign_devices(t.devices, len(self.model.stages))
+            place_stages(self.model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
+
+            def update(k: int, loss: torch.Tensor) -> None:
+                if k in self.optimizer_of:
+                    self._update(self.optimizer_of[k], [k], loss)
+
+            self.runner = PipelineRunner(self.model.stages, devices, update, queue_size=t.queue_size,
+                                         threads_per_stage=t.threads_per_stage, move_stages=False)
+        else:
+            stage = self.model.stages[0]
+            devices = assign_devices(t.devices, len(stage.groups))
+            self.gpipe = GPipeBP(stage, devices, t.micro_batches, backward=acc.backward,
+                                 threads_per_partition=t.threads_per_stage, queue_size=t.queue_size)
+            first = devices[0]
+            stage.register_forward_pre_hook(  # evaluation feeds the first partition's device
+                lambda module, args, kwargs: ((args[0].to(first), *args[1:]), kwargs), with_kwargs=True)
+        log.info("pipeline: %s on %s", "stages" if self.runner else "bp partitions", [str(d) for d in devices])
 
     # ------------------------------------------------------------------ training
     def _clip(self, stage_ids: list[int]) -> None:
@@ -190,6 +220,42 @@ class Trainer:
         if pending and all(math.isfinite(v) for v in values):
             self._update(0, list(self.optimizer_of), sum(pending))
         return values
+
+    def _gpipe_step(self, batch: dict) -> list[float]:
+        value = self.gpipe.forward_backward(batch)
+        if math.isfinite(value):
+            self.accelerator.unscale_gradients(self.optimizers[0])
+            self._clip([0])
+            self.optimizers[0].step()
+            self.schedulers[0].step()
+        self.optimizers[0].zero_grad(set_to_none=True)
+        return [value]
+
+    def _steps(self, loader, p: dict):
+        """Yield ``(batch, stage losses, at_boundary)`` for each training step of the epoch.
+
+        ``at_boundary``: every stage has finished every batch so far (always, but inside a pipeline
+        chunk), so a checkpoint taken now is consistent. The pipeline runs in chunks that end at
+        ``save_every`` multiples (or every 64 steps) and at ``max_steps``."""
+        t = self.cfg.train
+        if self.runner is None:
+            step_fn = self._gpipe_step if self.gpipe is not None else self.train_step
+            for batch in loader:
+                self._seed_step(p["step"])
+                yield batch, step_fn(batch), True
+            return
+        batches, step = iter(loader), p["step"]
+        while True:
+            chunk = (t.save_every - step % t.save_every) if t.save_every else 64
+            if t.max_steps is not None:
+                chunk = min(chunk, t.max_steps - step)
+            done = 0
+            for batch, values in self.runner.run(batches, limit=chunk, with_batch=True):
+                done += 1
+                step += 1
+                yield batch, values, done == chunk
+            if done < chunk or chunk == 0:
+                return
 
     def _check_finite(self, values: list[float], p: dict) -> None:
         """Count non-finite losses (their updates were skipped); stop after too many in a row."""
@@ -284,9 +350,7 @@ class Trainer:
             bar = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", initial=p["batches_done"], total=len(self.train_loader),
                        disable=not (acc.is_local_main_process and t.progress), leave=False)
             start = time.perf_counter()
-            for batch in bar:
-                self._seed_step(p["step"])
-                values = self.train_step(batch)
+            for batch, values, at_boundary in self._steps(bar, p):
                 p["step"] += 1
                 p["batches_done"] += 1
                 p["samples"] += batch["labels"].shape[0] * acc.num_processes
@@ -296,12 +360,12 @@ class Trainer:
                 if t.log_with and p["step"] % 10 == 0:
                     acc.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=p["step"])
                 done = t.max_steps is not None and p["step"] >= t.max_steps
-                if stop.requested or (t.save_every and p["step"] % t.save_every == 0 and not done
-                                      and p["batches_done"] < len(self.train_loader)):
+                if at_boundary and (stop.requested or (t.save_every and p["step"] % t.save_every == 0 and not done
+                                                       and p["batches_done"] < len(self.train_loader))):
                     p["train_time"] += time.perf_counter() - start
                     start = time.perf_counter()
                     self._checkpoint(p)
-                if stop.requested:
+                if stop.requested and at_boundary:
                     stop.restore()
                     raise UserError(f"stopped by {stop.requested}; checkpoint saved: continue with the same "
                                     "command and train.resume=auto")
@@ -315,6 +379,8 @@ class Trainer:
             p["epoch_losses"] = []
             self._checkpoint(p)
         stop.restore()
+        if self.runner is not None:
+            self.runner.close()
         if acc.is_main_process:
             self._save_weights("last")
         results = self._results(p)

@@ -45,3 +45,15 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if HF_CACHE.is_dir():
     os.environ["HF_HUB_CACHE"] = str(HF_CACHE)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one intra-op thread for the test, then restore. Tiny models are fastest on one
+    thread, and on a busy 2-core machine two OpenMP threads spin-wait for each other (10-100x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -57,16 +57,20 @@ def _final(out: Path) -> tuple[dict, dict, list[dict]]:
     return weights, results, rows
 
 
+PIPELINED = ["train.pipeline=true", "train.devices=cpu", "model.dropout=0"]  # threads: no shared RNG order
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["bp", "scpl"])
-def test_sigkill_and_resume_gives_identical_weights_and_metrics(tmp_path, method):
+@pytest.mark.parametrize("method,extra", [("bp", []), ("scpl", []), ("scpl", PIPELINED)],
+                         ids=["bp", "scpl", "scpl-pipelined"])
+def test_sigkill_and_resume_gives_identical_weights_and_metrics(tmp_path, method, extra):
     reference = tmp_path / "uninterrupted"
-    assert _train(reference, f"method.name={method}").returncode == 0
+    assert _train(reference, f"method.name={method}", *extra).returncode == 0
     interrupted = tmp_path / "interrupted"
     # kill points: mid first epoch, then in the second epoch after a resume, then resume to the end
     for step in (4, 20):
-        _kill_after_checkpoint(interrupted, step, f"method.name={method}")
-    done = _train(interrupted, f"method.name={method}", "train.resume=auto")
+        _kill_after_checkpoint(interrupted, step, f"method.name={method}", *extra)
+    done = _train(interrupted, f"method.name={method}", "train.resume=auto", *extra)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr
     w_ref, r_ref, m_ref = _final(reference)

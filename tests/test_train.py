@@ -15,21 +15,13 @@ from safetensors.torch import load_file
 
 from conftest import AG_NEWS, HF_CACHE, HUB_TOKENIZER, REPO, need
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 AG_RECIPE = REPO / "recipes" / "agnews_transformer.yaml"
 RESULT_KEYS = {"test_accuracy", "test_macro_f1", "best_epoch", "peak_memory_mb", "train_samples_per_s",
                "num_parameters", "per_class", "confusion_matrix", "groups_at_best_epoch"}
 AG_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 HUB = [f"tokenizer.name={HUB_TOKENIZER}", "tokenizer.train=null"]
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one intra-op thread, and a busy 2-core machine makes 2 OpenMP threads
-    spin-wait for each other (runs 10-100x slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def subprocess_env() -> dict[str, str]:
@@ -109,3 +101,113 @@ def test_cli_rejects_a_bad_override_without_traceback(tmp_path):
 
 
 # ------------------------------------------------------------------ short runs that learn (synthetic)
+
+SYNTHETIC = ["data.name=synthetic", "tokenizer.train=word", "tokenizer.vocab_size=200", "data.synthetic_train_size=2000",
+             "data.synthetic_test_size=1000", "model.encoder=lstm", "model.hidden_size=32", "model.num_layers=2",
+             "model.dropout=0", "train.batch_size=32", "train.epochs=3", "train.lr=5e-3", "eval.probe_samples=200",
+             "train.progress=false"]
+# one row per group (embedding + 2 LSTM blocks): an exit where the method has a classifier there
+GROUP_KINDS = {"bp": ["probe", "probe", "exit"], "scpl": ["probe", "probe", "exit"],
+               "early_exit": ["exit", "exit", "exit"], "deinforeg": ["probe", "exit", "exit"]}
+
+
+def topic_accuracy(confusion: list[list[int]]) -> float:
+    """Synthetic labels are topic x polarity (sports+/sports-/tech+/tech-): how often the topic is right."""
+    cm = np.asarray(confusion)
+    return float((cm[:2, :2].sum() + cm[2:, 2:].sum()) / cm.sum())
+
+
+@pytest.mark.parametrize("method", ["bp", "scpl", "early_exit", "deinforeg"])
+def test_short_run_learns_the_synthetic_task(tmp_path, method):
+    from nlp_decouple.config import load_config
+    from nlp_decouple.trainer import Trainer
+
+    cfg = load_config(None, [*SYNTHETIC, f"method.name={method}", f"output_dir={tmp_path}", "run_name=run"])
+    trainer = Trainer(cfg)
+    results = trainer.fit()
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads(json.dumps(results))
+
+    # learning: chance is 0.25; the topic half of the label is learned almost perfectly within 3 epochs
+    # (polarity needs word order and many more steps, so the total sits near 0.5 at this budget)
+    assert results["test_accuracy"] >= 0.42, results["test_accuracy"]
+    assert topic_accuracy(results["confusion_matrix"]) >= 0.9
+    assert results["test_macro_f1"] > 0.3
+
+    # model selection: the best epoch is the one with the best validation accuracy, and the reported
+    # test numbers are that epoch's
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    val = [r["validation"]["accuracy"] for r in rows]
+    best = rows[results["best_epoch"] - 1]
+    assert best["validation"]["accuracy"] == max(val) and val.index(max(val)) + 1 == results["best_epoch"]
+    assert results["test_accuracy"] == best["test"]["accuracy"]
+    assert results["groups_at_best_epoch"] == best["groups"]
+
+    # layer-wise report: one row per group
+    groups = results["groups_at_best_epoch"]
+    assert [g["group"] for g in groups] == [0, 1, 2]
+    assert [g["kind"] for g in groups] == GROUP_KINDS[method]
+    for g in groups:
+        assert 0.0 <= g["validation"] <= 1.0 and 0.0 <= g["test"] <= 1.0
+        assert g["test"] > 0.3  # every group carries class information (exit or probe)
+    assert groups[-1]["test"] == pytest.approx(results["test_accuracy"])  # the final exit is the prediction
+
+    assert (run_dir / "best" / "model.safetensors").is_file() and (run_dir / "last" / "model.safetensors").is_file()
+
+
+def test_best_checkpoint_reproduces_the_reported_accuracy(tmp_path):
+    """Reload best/model.safetensors into a fresh model and score the test split independently."""
+    from nlp_decouple.config import load_config
+    from nlp_decouple.data import load_text_data, make_collator, tokenize_splits
+    from nlp_decouple.model import StagedClassifier
+    from transformers import AutoTokenizer
+
+    from nlp_decouple.trainer import Trainer
+
+    overrides = [*SYNTHETIC, "method.name=early_exit", "train.epochs=2", "eval.every_group=false",
+                 f"output_dir={tmp_path}", "run_name=run"]
+    results = Trainer(load_config(None, overrides)).fit()
+    run_dir = tmp_path / "run"
+    cfg = load_config(run_dir / "config.yaml")
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    data = load_text_data(cfg.data, cfg.train.seed)
+    model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, data.num_classes, data.max_length)
+    model.load_state_dict(load_file(str(run_dir / "best" / "model.safetensors")))
+    model.eval()
+    test = tokenize_splits(data.splits, tok, data.max_length)["test"]
+    batch = make_collator(tok)([test[i] for i in range(len(test))])
+    with torch.no_grad():
+        preds = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
+    accuracy = float((preds == batch["labels"]).float().mean())
+    # batching differs from the trainer's (one padded batch): allow a rounding-level flip or two
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=0.003)
+    assert results["groups_at_best_epoch"] is None  # eval.every_group=false: no layer-wise report
+
+
+# ------------------------------------------------------------------------ real data (slow-marked)
+
+AG_TINY = [f"data.path={AG_NEWS}", *HUB, "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
+           "model.num_layers=2", "train.batch_size=32", "train.eval_batch_size=256", "train.lr=5e-3",
+           "eval.probe_samples=300", "train.progress=false"]
+
+
+@pytest.mark.slow
+@need(AG_NEWS)
+@need(HF_CACHE)
+@need(AG_RECIPE)
+@pytest.mark.parametrize("method,epochs", [("bp", 2), ("scpl", 3)])
+def test_tiny_transformer_learns_ag_news(tmp_path, method, epochs):
+    """All 5,472 training texts of the shared AG News copy, a 32-wide Transformer from scratch with the
+    MiniLM WordPiece vocabulary. SCPL's classifier sits on detached features and lags its group's
+    linear probe early on, hence one more epoch than BP."""
+    from nlp_decouple.config import load_config
+    from nlp_decouple.trainer import Trainer
+
+    cfg = load_config(AG_RECIPE, [*AG_TINY, f"method.name={method}", f"train.epochs={epochs}",
+                                  f"output_dir={tmp_path}", "run_name=run"])
+    results = Trainer(cfg).fit()
+    assert results["data"]["train"] == 5472 and results["data"]["test"] == 1520
+    assert results["test_accuracy"] >= 0.6, results["test_accuracy"]
+    assert results["test_macro_f1"] >= 0.55
+    assert len(results["groups_at_best_epoch"]) == 3

@@ -214,22 +214,32 @@ def test_inference_decodes_down_the_chain_with_shortcut_exits(encoder):
 # ------------------------------------------------------------------ short runs
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine's 2 cores are shared: one thread is much faster than two contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train(overrides: list[str]) -> dict:
     from nlp_decouple.trainer import Trainer
 
-    torch.set_num_threads(2)
     return Trainer(load_config("recipes/quickstart.yaml", overrides)).fit()
 
 
 def test_short_lstm_run_learns_synthetic(tmp_path):
+    # AL wants a larger learning rate than the quickstart's 2e-3 (docs/al.md): 5e-3
     results = train([f"output_dir={tmp_path}", "train.progress=false", "method.name=al", "model.encoder=lstm",
-                     "model.hidden_size=32", "data.synthetic_train_size=1000", "data.synthetic_test_size=400",
-                     "train.epochs=4", "train.batch_size=32", "train.lr=3e-3"])
-    assert results["test_accuracy"] > 0.4, results["test_accuracy"]
+                     "data.synthetic_train_size=1500", "data.synthetic_test_size=400", "train.epochs=5",
+                     "train.batch_size=32", "train.lr=5e-3"])
+    assert results["test_accuracy"] > 0.45, results["test_accuracy"]  # chance: 0.25
     groups = results["groups_at_best_epoch"]
     assert [g["kind"] for g in groups] == ["exit"] * 3  # every layer has its shortcut exit: no probes
-    rows = [json.loads(line) for line in (tmp_path / "synthetic-lstm-al-seed0" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["groups"][-1]["test"] == rows[-1]["test"]["accuracy"]  # the last exit is the prediction
+    metrics = tmp_path / "synthetic-lstm-al-seed0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert all(row["groups"][-1]["test"] == row["test"]["accuracy"] for row in rows)  # last exit = prediction
 
 
 @pytest.mark.slow
@@ -237,6 +247,6 @@ def test_short_lstm_run_learns_synthetic(tmp_path):
 def test_short_run_on_ag_news(tmp_path):
     results = train([f"output_dir={tmp_path}", "train.progress=false", "method.name=al", "model.encoder=lstm",
                      "data.name=ag_news", f"data.path={AG_NEWS}", f"tokenizer.name={HUB_TOKENIZER}",
-                     "data.max_length=48", "model.hidden_size=64", "model.num_layers=1", "train.epochs=3",
-                     "train.batch_size=32", "train.lr=3e-3"])
+                     "data.max_length=32", "model.hidden_size=32", "model.num_layers=1", "train.epochs=2",
+                     "train.batch_size=32", "train.lr=5e-3"])
     assert results["test_accuracy"] >= 0.6, results["test_accuracy"]

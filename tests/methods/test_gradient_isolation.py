@@ -7,6 +7,8 @@ import torch
 from nlp_decouple.config import load_config
 from nlp_decouple.model import StagedClassifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB, PAD, CLASSES, MAXLEN = 30, 0, 4, 16
 DECOUPLED = ["scpl", "early_exit", "deinforeg"]
 

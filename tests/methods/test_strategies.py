@@ -8,6 +8,8 @@ import torch
 from nlp_decouple.config import load_config
 from nlp_decouple.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STEPS = 4
 
 
@@ -86,3 +88,18 @@ def test_per_group_differs_from_not_cutting(tmp_path):
     uncut = {n: p.detach() for n, p in trainer.model.named_parameters()}
     assert not torch.allclose(cut["stages.0.groups.0.blocks.0.embed.weight"],
                               uncut["stages.0.groups.0.blocks.0.embed.weight"], atol=1e-6)
+
+
+def test_frozen_embedding_stage_is_skipped_identically(tmp_path):
+    """With the embedding frozen, SCPL's first stage has nothing to train: both strategies leave it
+    untouched and still agree on everything else."""
+    extra = ("model.dropout=0", "model.freeze_embeddings=true")
+    per_group, init_a, after_a = train_steps(small(tmp_path, "scpl", "per_group", *extra))
+    _, _, after_b = train_steps(small(tmp_path, "scpl", "sum", *extra))
+    assert len(per_group.optimizers) == len(per_group.model.stages) - 1
+    name = "stages.0.groups.0.blocks.0.embed.weight"
+    torch.testing.assert_close(after_a[name], init_a[name], rtol=0, atol=0)
+    assert not torch.equal(after_a["stages.1.groups.0.blocks.0.layer.linear1.weight"],
+                           init_a["stages.1.groups.0.blocks.0.layer.linear1.weight"])
+    for key in after_a:
+        torch.testing.assert_close(after_a[key], after_b[key], rtol=1e-6, atol=1e-7, msg=key)

@@ -8,6 +8,8 @@ import torch
 
 from nlp_decouple.models import BlockGroup, Carry, EmbeddingBlock, LSTMBlock, TransformerBlock, masked_mean
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB, PAD, DIM, MAXLEN = 40, 0, 16, 32
 
 
@@ -186,12 +188,13 @@ def test_lstm_state_handoff_uses_the_incoming_state():
 def test_lstm_state_handoff_with_padding_starts_each_text_from_its_state():
     torch.manual_seed(0)
     block = LSTMBlock(DIM, 8, state_handoff=True).eval()
-    x = torch.randn(2, 6, DIM)
-    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
-    state = _state(2, 2, 8)
+    lengths = [3, 6, 5]  # not sorted: packing reorders the batch, the states must follow
+    x = torch.randn(3, 6, DIM)
+    mask = torch.arange(6)[None] < torch.tensor(lengths)[:, None]
+    state = _state(2, 3, 8)
     with torch.no_grad():
         pooled = block.pool(block(Carry(x, mask, state)))
-        for i, n in enumerate([6, 3]):
+        for i, n in enumerate(lengths):
             one_state = (state[0][:, i : i + 1].contiguous(), state[1][:, i : i + 1].contiguous())
             out, (h, _) = block.lstm(x[i : i + 1, :n], one_state)
             torch.testing.assert_close(pooled[i], (h[0, 0] + h[1, 0]) / 2, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,217 @@
+"""Training throughput (samples/s): sequential per-group SCPL vs pipelined SCPL vs BP.
+
+An LSTM cut into layer groups (default: embedding + 2 BiLSTM blocks in 2 groups, [emb + LSTM] and
+[LSTM]), random token ids, AdamW. Modes, each on a fresh copy of the same initial model:
+
+- ``bp``: one stage, one backward through everything (train.method=bp);
+- ``scpl_sequential``: the trainer's per-group loop, one stage after the other in one thread;
+- ``scpl_pipeline``: :class:`nlp_decouple.pipeline.PipelineRunner`, one thread per stage on
+  ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
+  ``auto``: the visible GPUs);
+- ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.pipeline.GPipeBP`,
+  ``--micro-batches`` chunks through the same placement, one optimizer step per batch.
+
+The sequential modes use the same placement as the pipeline (stages moved, carries moved by hooks);
+``bp`` runs on the first device. Every mode runs ``--warmup`` untimed batches first. Results go to a
+JSON file (``--out``). A smoke run:
+
+    python benchmarks/pipeline_throughput.py --batches 4 --warmup 1 --batch-size 32 --hidden 64 \
+        --out benchmarks/out/pipeline_smoke.json
+
+A real CPU measurement (give it the machine): ``--batches 50 --batch-size 128 --hidden 300 --seq-len 60``;
+on two GPUs: ``--devices auto --batch-size 1024 --hidden 300 --seq-len 400 --batches 100``.
+
+Compare like with like on the CPU: the sequential modes use ``--threads`` intra-op threads in one
+thread; the pipeline splits the same number over its stages (``--stage-threads`` to override). On a
+machine shared with other jobs, OpenMP teams of more than one thread can slow down badly (threads
+spin at barriers while a team member is descheduled): use ``--threads 1`` there, or measure on an idle
+machine.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nlp_decouple.config import group_sizes, load_config  # noqa: E402
+from nlp_decouple.model import StagedClassifier  # noqa: E402
+from nlp_decouple.pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages, thread_budget  # noqa: E402
+
+
+def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, classes: int, seed: int, pin: bool):
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(1, vocab, (batch_size, seq_len), generator=g)
+        lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch_size,), generator=g)
+        mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()
+        batch = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask,
+                 "labels": torch.randint(0, classes, (batch_size,), generator=g)}
+        batches.append({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
+    return batches
+
+
+def build(args, method: str) -> StagedClassifier:
+    overrides = ["model.encoder=lstm", f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
+                 f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
+    cfg = load_config(None, overrides)
+    torch.manual_seed(args.seed)
+    model = StagedClassifier.from_config(cfg, args.vocab, 0, args.classes, args.seq_len)
+    model.group_sizes = group_sizes(cfg)
+    return model
+
+
+def updater(model: StagedClassifier, lr: float):
+    opts = [torch.optim.AdamW(stage.parameters(), lr=lr) for stage in model.stages]
+
+    def update(k: int, loss: torch.Tensor) -> None:
+        loss.backward()
+        opts[k].step()
+        opts[k].zero_grad(set_to_none=True)
+    return update
+
+
+def sync(devices) -> None:
+    for d in set(devices):
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+
+def run_sequential(model: StagedClassifier, devices, batches, lr: float) -> list[list[float]]:
+    handles = place_stages(list(model.stages), devices)
+    update, rows = updater(model, lr), []
+    for batch in batches:
+        row = []
+        for k, out in enumerate(model.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"])):
+            row.append(float(out.loss.detach()))
+            update(k, out.loss)
+        rows.append(row)
+    sync(devices)
+    for h in handles:
+        h.remove()
+    return rows
+
+
+def run_pipeline(model: StagedClassifier, devices, batches, lr: float, queue_size: int,
+                 threads: int | None) -> list[list[float]]:
+    with PipelineRunner(list(model.stages), devices, updater(model, lr), decoupled=True,
+                        queue_size=queue_size, threads_per_stage=threads) as runner:
+        rows = list(runner.run(batches))
+    sync(devices)
+    return rows
+
+
+def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batches: int,
+              threads: int | None) -> list[list[float]]:
+    gpipe = GPipeBP(model.stages[0], devices, micro_batches=micro_batches, threads_per_partition=threads)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rows = []
+    for batch in batches:
+        rows.append([gpipe.forward_backward(batch)])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(devices)
+    return rows
+
+
+def measure(name: str, fn, model, warmup_batches, batches, samples: int) -> dict:
+    fn(model, warmup_batches)
+    start = time.perf_counter()
+    rows = fn(model, batches)
+    seconds = time.perf_counter() - start
+    last = rows[-1] if rows else []
+    result = {"mode": name, "seconds": seconds, "batches": len(batches), "samples_per_s": samples / seconds,
+              "last_losses": [v if math.isfinite(v) else None for v in last]}
+    print(f"{name:16s} {result['samples_per_s']:10.1f} samples/s  ({seconds:.2f}s for {len(batches)} batches)",
+          flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "pipeline_throughput.json")
+    p.add_argument("--devices", default="cpu", help="cpu, auto, or a comma-separated list, one per stage")
+    p.add_argument("--modes", default="bp,scpl_sequential,scpl_pipeline")
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=60)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2, help="BiLSTM blocks after the embedding block")
+    p.add_argument("--groups", type=int, default=2, help="layer groups (SCPL stages)")
+    p.add_argument("--vocab", type=int, default=5000)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--micro-batches", type=int, default=4)
+    p.add_argument("--queue-size", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the caller (default: torch's)")
+    p.add_argument("--stage-threads", type=int, default=None,
+                   help="torch threads per pipeline stage (default: the caller's threads split over the CPU stages)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = args.devices if args.devices in ("auto", "cpu") or "," not in args.devices else args.devices.split(",")
+    devices = assign_devices(spec, args.groups)
+    pin = any(d.type == "cuda" for d in devices)
+    batches = make_batches(args.warmup + args.batches, args.batch_size, args.seq_len, args.vocab, args.classes,
+                           args.seed + 1, pin)
+    warm, timed = batches[: args.warmup], batches[args.warmup:]
+    samples = args.batches * args.batch_size
+    results = []
+    for mode in args.modes.split(","):
+        if mode == "bp":
+            model = build(args, "bp")
+            fn = lambda m, b: run_sequential(m, devices[:1], b, args.lr)  # noqa: E731
+        elif mode == "scpl_sequential":
+            model = build(args, "scpl")
+            fn = lambda m, b: run_sequential(m, devices, b, args.lr)  # noqa: E731
+        elif mode == "scpl_pipeline":
+            model = build(args, "scpl")
+            fn = lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size, args.stage_threads)  # noqa: E731
+        elif mode == "bp_gpipe":
+            model = build(args, "bp")
+            fn = lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches, args.stage_threads)  # noqa: E731
+        else:
+            p.error(f"unknown mode {mode!r}")
+        results.append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
+        if mode in ("scpl_pipeline", "bp_gpipe"):
+            results[-1]["threads_per_stage"] = thread_budget(args.stage_threads, devices)
+        else:
+            results[-1]["threads"] = torch.get_num_threads()
+    by_mode = {r["mode"]: r["samples_per_s"] for r in results}
+    speedup = (by_mode["scpl_pipeline"] / by_mode["scpl_sequential"]
+               if {"scpl_pipeline", "scpl_sequential"} <= by_mode.keys() else None)
+    report = {
+        "benchmark": "pipeline_throughput",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "group_sizes": build(args, "scpl").group_sizes,
+        "devices": [str(d) for d in devices],
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+        "pipeline_speedup_over_sequential": speedup,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "machine": platform.platform(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}" + (f"; pipeline / sequential = {speedup:.2f}x" if speedup else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
