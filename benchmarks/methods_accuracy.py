@@ -18,18 +18,19 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
+def run_one(recipe: Path, overrides: list[str], run_dir: Path, threads: int) -> dict:
     results = run_dir / "results.json"
     if not results.exists():  # resumable: finished runs are kept
         cmd = [sys.executable, "-m", "nlp_decouple.train", str(recipe), *overrides]
         print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-                       stdout=subprocess.DEVNULL)
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
+        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(results.read_text())
 
 
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs-dir", default="benchmarks/out/runs")
     parser.add_argument("--out", default="benchmarks/out/methods_accuracy.json")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cpu_count/jobs threads)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (after --)")
     args = parser.parse_args()
     common = list(args.overrides) + ["train.progress=false"]
@@ -91,7 +93,9 @@ def main() -> None:
         common.append(f"data.path={args.data_path}")
     if args.tokenizer:
         common.append(f"tokenizer.name={args.tokenizer}")
-    runs, start = [], time.time()
+    start = time.time()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = []
     for encoder in args.encoders:
         recipe = REPO / "recipes" / f"{args.dataset}_{encoder}.yaml"
         for method in args.methods:
@@ -99,9 +103,12 @@ def main() -> None:
                 name = f"{args.dataset}-{encoder}-{method}-seed{seed}"
                 overrides = [*common, f"method.name={method}", f"train.seed={seed}",
                              f"output_dir={args.runs_dir}", f"run_name={name}"]
-                runs.append(run_one(recipe, overrides, REPO / args.runs_dir / name))
+                jobs.append((recipe, overrides, REPO / args.runs_dir / name, threads))
+    with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on subprocesses
+        runs = list(pool.map(lambda job: run_one(*job), jobs))
     rows = summarise(runs)
     report = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "overrides": common,
+              "jobs_in_parallel": args.jobs, "threads_per_run": threads,
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpu_count": os.cpu_count(), "device": runs[0]["device"]},
               "wall_time_s": time.time() - start, "summary": rows, "runs": runs}

@@ -76,6 +76,7 @@ class MethodConfig:
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
     ce_weight: float = 0.001  # DeInfoReg's classifier weight
     inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads
     classifier_detach: bool = False  # DeInfoReg: detach the projector output before its classifier
     label_dim: int = 128  # AL
     al_activation: Literal["tanh", "relu", "sigmoid"] = "tanh"

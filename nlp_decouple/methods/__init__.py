@@ -37,7 +37,8 @@ def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list
     stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     last = groups[-1]
     # the classifier learns on the detached last group: it never trains the encoder
-    head = CombinedHead(contrastive(last), ClassifierHead(last.pool_dim, num_classes, detach_input=True))
+    head = CombinedHead(contrastive(last), ClassifierHead(last.pool_dim, num_classes, detach_input=True,
+                                                                 standardize=cfg.classifier_standardize))
     return stages + [Stage([last], head)]
 
 

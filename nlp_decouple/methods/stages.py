@@ -24,13 +24,18 @@ class HeadOutput:
 class ClassifierHead(nn.Module):
     """Cross-entropy on a classifier; ``detach_input`` trains the classifier alone (SCPL's last head)."""
 
-    def __init__(self, in_dim: int, num_classes: int, detach_input: bool = False, weight: float = 1.0):
+    def __init__(self, in_dim: int, num_classes: int, detach_input: bool = False, weight: float = 1.0,
+                 standardize: bool = False):
         super().__init__()
+        # standardize: a non-learned BatchNorm, as a linear probe standardises its features. Contrastive
+        # features are nearly collinear early in training; a classifier that reads them raw lags far
+        # behind what the features already separate. Only for classifiers on detached input.
+        self.norm = nn.BatchNorm1d(in_dim, affine=False) if standardize else nn.Identity()
         self.classifier = Classifier(in_dim, num_classes)
         self.detach_input, self.weight = detach_input, weight
 
     def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
-        logits = self.classifier(pooled.detach() if self.detach_input else pooled)
+        logits = self.classifier(self.norm(pooled.detach() if self.detach_input else pooled))
         loss = None if labels is None else self.weight * F.cross_entropy(logits.float(), labels)
         return HeadOutput(loss, logits)
 
