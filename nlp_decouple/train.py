@@ -14,7 +14,7 @@ from .errors import cli_entry
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m nlp_decouple.train",
-        description="Train a text classifier with BP or a decoupled method (scpl, early_exit, deinforeg).",
+        description="Train a text classifier with BP or a decoupled method (scpl, early_exit, deinforeg, al).",
         epilog="example: python -m nlp_decouple.train recipes/quickstart.yaml method.name=scpl train.epochs=2",
     )
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/agnews_transformer.yaml")

@@ -126,3 +126,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 2, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert complete_checkpoints(tmp_path / "run" / "checkpoints")
+
+
+def test_resume_loads_nothing_unsafe(tmp_path, monkeypatch):
+    """Weights come from safetensors; every torch.load on the way (optimizer, scheduler, RNG states)
+    runs with weights_only=True, so a tampered checkpoint cannot execute code."""
+    Trainer(_tiny(tmp_path)).fit()
+    calls = []
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    Trainer(_tiny(tmp_path, "train.resume=auto")).fit()
+    assert calls and all(flag is True for flag in calls), calls
+    checkpoint = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert not list(checkpoint.glob("*.bin")) or list(checkpoint.glob("model*.safetensors"))
+    assert not list(checkpoint.glob("pytorch_model*.bin"))

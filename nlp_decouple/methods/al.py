@@ -29,7 +29,7 @@ down the chain ``h_i -> ... -> h_1``. Stage i's logits are therefore the *shortc
 the last stage's are the full AL prediction ``x -> f_1..f_L -> b_L -> h_L -> ... -> h_1``. Evaluation
 reports every layer's exit accuracy from these, and the final one is the model's prediction.
 
-Settings (chosen for a competitive AL; measurements in docs/al.md): ``label_dim=128`` and ``tanh``
+Settings (chosen for a competitive AL; measurements in docs/methods.md, AL settings): ``label_dim=128`` and ``tanh``
 (the references'), assoc/autoencoder weights 1:1, Linear layers with bias (the ICLR code has none on
 g/b/h; a bias is cheap and lets tanh targets off zero be reached), no extra label-side dropout.
 Learning rate: AL learns more slowly than early-exit at the same rate (its upper layers' MSE losses fall

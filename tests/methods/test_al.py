@@ -230,7 +230,7 @@ def train(overrides: list[str]) -> dict:
 
 
 def test_short_lstm_run_learns_synthetic(tmp_path):
-    # AL wants a larger learning rate than the quickstart's 2e-3 (docs/al.md): 5e-3
+    # AL wants a larger learning rate than the quickstart's 2e-3 (docs/methods.md, AL settings): 5e-3
     results = train([f"output_dir={tmp_path}", "train.progress=false", "method.name=al", "model.encoder=lstm",
                      "data.synthetic_train_size=1500", "data.synthetic_test_size=400", "train.epochs=5",
                      "train.batch_size=32", "train.lr=5e-3"])
