@@ -19,7 +19,12 @@ OVERRIDES = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16
 
 
 def _check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
+    from accelerate.state import AcceleratorState
+
     from nlp_decouple.trainer import Trainer
+
+    # a forked child inherits the parent's single-process Accelerate state (an earlier test made one)
+    AcceleratorState._reset_state(reset_partial_state=True)
 
     cfg = load_config("recipes/quickstart.yaml", [*OVERRIDES, f"method.name={method}",
                                                   f"method.backward={backward}", f"output_dir={out_dir}"])

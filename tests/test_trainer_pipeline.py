@@ -44,4 +44,4 @@ def test_pipelined_bp_matches_bp_up_to_float_rounding(tmp_path):
 
 def test_pipeline_rejects_summed_backward():
     with pytest.raises(UserError, match="per_group"):
-        load_config("recipes/quickstart.yaml", ["train.pipeline=true", "method.backward=sum"])
+        load_config("recipes/quickstart.yaml", ["train.pipeline=true", "method.name=scpl", "method.backward=sum"])
