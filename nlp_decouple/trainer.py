@@ -103,8 +103,7 @@ class Trainer:
             self.data = load_text_data(cfg.data, cfg.train.seed)
             train_texts = self.data.splits["train"]["text"] if cfg.tokenizer.train else None
             self.tokenizer = build_tokenizer(cfg.tokenizer, train_texts)
-            tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length,
-                                        add_special_tokens=cfg.model.pooling == "cls" and cfg.model.encoder == "transformer")
+            tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
         if acc.is_main_process:
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
         collator = make_collator(self.tokenizer)

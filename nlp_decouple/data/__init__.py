@@ -9,16 +9,11 @@ from .registry import REGISTRY, DatasetSpec, known_names
 from .synthetic import make_synthetic
 
 
-def tokenize_splits(splits: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                    add_special_tokens: bool = False) -> DatasetDict:
-    """Token ids per text (no padding yet: the collator pads each batch to its longest text).
-
-    Special tokens ([CLS] ... [SEP]) only where a pooling reads them: the same [SEP]/[CLS] closing every
-    text would dominate an LSTM's final states, making all texts look alike to a local contrastive loss."""
+def tokenize_splits(splits: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:
+    """Token ids per text (no padding yet: the collator pads each batch to its longest text)."""
 
     def encode(batch: dict) -> dict:
-        return tokenizer(batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False,
-                         add_special_tokens=add_special_tokens)
+        return tokenizer(batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False)
 
     return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenize")
 
