@@ -111,12 +111,7 @@ class ALStage(Stage):
     head: ALHead
 
     def forward(self, carry: Carry, labels: Tensor | None = None, return_pooled: bool = False) -> StageOutput:
-        pooled = []
-        for group in self.groups:
-            carry = group(carry)
-            if return_pooled:
-                pooled.append(group.pool(carry))
-        s = pooled[-1] if return_pooled else self.groups[-1].pool(carry)
+        carry, pooled, s = self.encode(carry, return_pooled)
         extras = {k: v for k, v in carry.extras.items() if k not in (LABEL_KEY, BRIDGE_KEY)}
         if labels is None:
             extras[BRIDGE_KEY] = self.head.b(s)

@@ -109,12 +109,17 @@ class Stage(nn.Module):
         self.groups = nn.ModuleList(groups)
         self.head = head
 
-    def forward(self, carry: Carry, labels: Tensor | None = None, return_pooled: bool = False) -> StageOutput:
+    def encode(self, carry: Carry, return_pooled: bool = False) -> tuple[Carry, list[Tensor], Tensor]:
+        """Run the groups: the carry out, every group's pooled vector (when asked), the last one's."""
         pooled = []
         for group in self.groups:
             carry = group(carry)
             if return_pooled:
                 pooled.append(group.pool(carry))
         last = pooled[-1] if return_pooled else self.groups[-1].pool(carry)
+        return carry, pooled, last
+
+    def forward(self, carry: Carry, labels: Tensor | None = None, return_pooled: bool = False) -> StageOutput:
+        carry, pooled, last = self.encode(carry, return_pooled)
         out = self.head(last, labels)
         return StageOutput(carry, out.loss, out.logits, pooled)
