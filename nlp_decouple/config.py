@@ -161,6 +161,14 @@ def _type_name(tp: Any) -> str:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def _yaml_scalar(text: str) -> Any:
+    """A command-line item read as YAML (numbers, null, true), else kept as the plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` checked against type ``tp``; raise UserError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -182,7 +190,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             (item_tp,) = typing.get_args(tp)
             return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, str) and value.strip():  # key=a,b (or key=a) on the command line
-            return _coerce([yaml.safe_load(v) for v in value.split(",")], tp, key)
+            return _coerce([_yaml_scalar(v) for v in value.split(",")], tp, key)
     elif tp is type(None):
         if value is None:
             return None
@@ -242,11 +250,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value  # a plain string such as a path with odd characters
-    return key.strip(), parsed
+    return key.strip(), (_yaml_scalar(value) if value.strip() else None)
 
 
 def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
