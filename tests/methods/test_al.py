@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from conftest import AG_NEWS, HUB_TOKENIZER, need
+from methods.tiny import CLASSES, batch
+from methods.tiny import build as tiny_build
 from nlp_decouple.config import load_config
 from nlp_decouple.methods import METHODS, ALStage
 from nlp_decouple.methods.al import LABEL_KEY, associated_loss, autoencoder_loss
 from nlp_decouple.model import StagedClassifier
 from nlp_decouple.models import Carry
 
-VOCAB, PAD, CLASSES, MAXLEN, LABEL_DIM = 30, 0, 4, 16, 8
+LABEL_DIM = 8
 ENCODERS = {
     "transformer": (),
     "lstm": ("model.encoder=lstm",),
@@ -24,18 +26,7 @@ ENCODERS = {
 
 
 def build(*extra: str) -> StagedClassifier:
-    cfg = load_config(None, ["model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32", "model.num_layers=2",
-                             "model.dropout=0", "method.name=al", f"method.label_dim={LABEL_DIM}", *extra])
-    torch.manual_seed(0)
-    return StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN)
-
-
-def batch(b: int = 8, t: int = 9):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, VOCAB, (b, t), generator=g)
-    lengths = torch.randint(3, t + 1, (b,), generator=g)
-    mask = torch.arange(t)[None] < lengths[:, None]
-    return ids.masked_fill(~mask, PAD), mask, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3][:b])
+    return tiny_build("al", f"method.label_dim={LABEL_DIM}", *extra)
 
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
