@@ -122,6 +122,7 @@ class Trainer:
         tok = self.tokenizer
         self.model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, self.data.num_classes,
                                                   self.data.max_length)
+        self.word_vector_coverage = None
         if cfg.model.word_vectors:
             self.word_vector_coverage = load_word_vectors(self.model.embedding, cfg.model.word_vectors, tok.get_vocab())
         if cfg.model.freeze_embeddings:
@@ -145,7 +146,6 @@ class Trainer:
         schedule = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
         schedulers = [get_scheduler(schedule, opt, num_warmup_steps=int(t.warmup_ratio * total),
                                     num_training_steps=total) for opt in optimizers]
-        self.total_steps = total
         # every trainable stage prepared on its own: a DDP wrapper per stage, one backward per wrapper per step
         self.train_stages = [acc.prepare(stage) if k in self.optimizer_of else stage.to(acc.device)
                              for k, stage in enumerate(self.model.stages)]
@@ -194,7 +194,7 @@ class Trainer:
 
     def _update(self, opt_index: int, stage_ids: list[int], loss: torch.Tensor) -> None:
         acc = self.accelerator
-        self.accelerator.backward(loss)
+        acc.backward(loss)
         acc.unscale_gradients(self.optimizers[opt_index])
         self._clip(stage_ids)
         self.optimizers[opt_index].step()
@@ -437,6 +437,7 @@ class Trainer:
             "peak_memory_kind": memory_kind,
             "num_parameters": count_parameters(self.model),
             "nonfinite_steps": p["nonfinite_total"],
+            "word_vector_coverage": self.word_vector_coverage,
             "method": cfg.method.name,
             "encoder": cfg.model.encoder,
             "group_sizes": group_sizes(cfg),
