@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 from .config import load_config
 from .errors import cli_entry
+from .logs import setup_console
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,13 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.recipe, args.overrides)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import datasets
-
-    datasets.disable_progress_bars()  # our own bar shows training; map/filter bars only add noise
+    setup_console()
     from .trainer import Trainer  # heavy imports only after the config is known to be good
 
     results = Trainer(cfg).fit()

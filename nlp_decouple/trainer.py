@@ -30,7 +30,6 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -39,6 +38,7 @@ from .checkpoint import complete_checkpoints, find_resume_point, load_checkpoint
 from .config import Config, group_sizes, save_config
 from .data import load_text_data, make_collator, tokenize_splits
 from .errors import UserError
+from .hf import DecoupledForSequenceClassification, save_model_dir
 from .evaluation import classification_metrics, collect, detailed_report, layerwise
 from .model import StagedClassifier, count_parameters
 from .pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages
@@ -449,9 +449,11 @@ class Trainer:
         }
 
     def _save_weights(self, tag: str) -> None:
-        target = self.run_dir / tag
-        target.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(target / "model.safetensors"))
+        """The model in Hugging Face form (config.json, model.safetensors, tokenizer): see nlp_decouple.hf."""
+        tok = self.tokenizer
+        hf_model = DecoupledForSequenceClassification.from_staged(
+            self.model, self.cfg, len(tok), tok.pad_token_id, self.data.max_length, self.data.label_names)
+        save_model_dir(hf_model, tok, self.run_dir / tag)
 
 
 class _StopSignal:

@@ -57,3 +57,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# a tiny comparison sweep (real runs, seconds each), shared by the compare/report/evaluate/predict tests
+SWEEP_METHODS = ["bp", "early_exit", "al"]
+SWEEP_SEEDS = [0, 1]
+SWEEP_OVERRIDES = ["train.epochs=2", "data.synthetic_train_size=400", "data.synthetic_test_size=200",
+                   "model.hidden_size=16", "tokenizer.vocab_size=200", "eval.probe_samples=100"]
+
+
+def run_sweep(out: Path, methods=SWEEP_METHODS, seeds=SWEEP_SEEDS, extra=()) -> None:
+    from nlp_decouple.compare import main
+
+    assert main([str(REPO / "recipes" / "quickstart.yaml"), f"methods={','.join(methods)}",
+                 f"seeds={','.join(map(str, seeds))}", *SWEEP_OVERRIDES, *extra, "--out", str(out), "--jobs", "2"]) == 0
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    run_sweep(out)
+    return out

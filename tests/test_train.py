@@ -81,14 +81,19 @@ def test_cli_on_ag_news_writes_every_artifact(tmp_path, tiny_overrides):
     assert len(tok) == 30522 and tok.pad_token_id == 0  # the MiniLM (BERT uncased) vocabulary
     assert tok("Hello world")["input_ids"][0] == tok.cls_token_id
 
+    # the best model in Hugging Face form: config.json + model.safetensors + the tokenizer
     weights = load_file(str(run_dir / "best" / "model.safetensors"))
     from nlp_decouple.config import load_config
     from nlp_decouple.model import StagedClassifier, count_parameters
     cfg = load_config(run_dir / "config.yaml")
     model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, 4, 60)
     assert count_parameters(model) == results["num_parameters"]
-    model.load_state_dict(weights, strict=True)  # every tensor present, with the right shape
-    assert weights["stages.0.groups.0.blocks.0.embed.weight"].shape == (30522, 32)
+    model.load_state_dict({k.removeprefix("staged."): v for k, v in weights.items()}, strict=True)
+    assert weights["staged.stages.0.groups.0.blocks.0.embed.weight"].shape == (30522, 32)
+    hf_config = json.loads((run_dir / "best" / "config.json").read_text())
+    assert hf_config["model_type"] == "nlp_decouple" and hf_config["id2label"]["3"] == "Sci/Tech"
+    assert hf_config["encoder"]["hidden_size"] == 32 and hf_config["method"]["name"] == "scpl"
+    assert AutoTokenizer.from_pretrained(str(run_dir / "best")).get_vocab() == tok.get_vocab()
 
 
 def test_cli_rejects_a_bad_override_without_traceback(tmp_path):
@@ -153,14 +158,15 @@ def test_short_run_learns_the_synthetic_task(tmp_path, method):
         assert g["test"] > 0.3  # every group carries class information (exit or probe)
     assert groups[-1]["test"] == pytest.approx(results["test_accuracy"])  # the final exit is the prediction
 
-    assert (run_dir / "best" / "model.safetensors").is_file() and (run_dir / "last" / "model.safetensors").is_file()
+    for tag in ("best", "last"):
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (run_dir / tag).iterdir()}
 
 
 def test_best_checkpoint_reproduces_the_reported_accuracy(tmp_path):
-    """Reload best/model.safetensors into a fresh model and score the test split independently."""
+    """Reload the best model with from_pretrained (no training config) and score the test split independently."""
     from nlp_decouple.config import load_config
     from nlp_decouple.data import load_text_data, make_collator, tokenize_splits
-    from nlp_decouple.model import StagedClassifier
+    from nlp_decouple.hf import DecoupledForSequenceClassification
     from transformers import AutoTokenizer
 
     from nlp_decouple.trainer import Trainer
@@ -170,15 +176,13 @@ def test_best_checkpoint_reproduces_the_reported_accuracy(tmp_path):
     results = Trainer(load_config(None, overrides)).fit()
     run_dir = tmp_path / "run"
     cfg = load_config(run_dir / "config.yaml")
-    tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "best"))
     data = load_text_data(cfg.data, cfg.train.seed)
-    model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, data.num_classes, data.max_length)
-    model.load_state_dict(load_file(str(run_dir / "best" / "model.safetensors")))
-    model.eval()
+    model = DecoupledForSequenceClassification.from_pretrained(str(run_dir / "best")).eval()
     test = tokenize_splits(data.splits, tok, data.max_length)["test"]
     batch = make_collator(tok)([test[i] for i in range(len(test))])
     with torch.no_grad():
-        preds = model(batch["input_ids"], batch["attention_mask"]).argmax(-1)
+        preds = model(batch["input_ids"], batch["attention_mask"]).logits.argmax(-1)
     accuracy = float((preds == batch["labels"]).float().mean())
     # batching differs from the trainer's (one padded batch): allow a rounding-level flip or two
     assert accuracy == pytest.approx(results["test_accuracy"], abs=0.003)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 from datasets import ClassLabel
 
 from nlp_decouple.config import DataConfig

@@ -1,0 +1,180 @@
+"""Train every method x seed on identical data, tokenizer, model size and budget, then write a report:
+
+    python -m nlp_decouple.compare recipes/agnews_transformer.yaml methods=bp,scpl,early_exit,al,deinforeg \\
+        seeds=0,1,2 train.epochs=5 model.hidden_size=64 [--out runs/compare-agnews] [--jobs 2]
+
+Each run gets its own directory ``OUT/<method>-seed<seed>`` and is a fresh ``python -m nlp_decouple.train``
+process (so its peak memory is its own). The sweep is resumable: a finished run with the same settings is
+kept, an interrupted one continues from its last checkpoint (``train.resume=auto``), and a run directory
+holding different settings is refused. The report goes to ``OUT/report`` (see ``nlp_decouple.report``).
+
+Under ``accelerate launch`` / ``torchrun`` with several processes, the runs train in this process group
+one after another (data parallel), and rank 0 writes the report. ``--launcher "accelerate launch
+--num_processes 2"`` instead starts each run under that launcher.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import load_config
+from .errors import UserError, cli_entry
+from .logs import setup_console
+from .methods import METHODS
+
+
+@dataclass
+class PlannedRun:
+    method: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    state: str  # "done" | "resume" | "new"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nlp_decouple.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="YAML recipe shared by every run")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="methods=a,b,... seeds=0,1,... and any recipe override, applied to every run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="sweep directory (default: <output_dir>/compare-<recipe name>)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each with cpu_count/jobs threads")
+    parser.add_argument("--launcher", default=None, help='prefix for each run, e.g. "accelerate launch --num_processes 2"')
+    parser.add_argument("--title", default=None, help="report title")
+    args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    return args
+
+
+def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
+    """Pull ``methods=`` and ``seeds=`` out of the overrides."""
+    methods, seeds, rest = ["bp", "scpl"], [0, 1, 2], []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "methods":
+            methods = [m.strip() for m in value.split(",") if m.strip()]
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown or not methods:
+                raise UserError(f"methods={value!r}: unknown {unknown or 'none given'}; choose from "
+                                f"{','.join(METHODS)}")
+        elif key == "seeds":
+            try:
+                seeds = [int(s) for s in value.split(",") if s.strip()]
+            except ValueError:
+                raise UserError(f"seeds={value!r}: give integers separated by commas, e.g. seeds=0,1,2") from None
+            if not seeds:
+                raise UserError("seeds= is empty; e.g. seeds=0,1,2")
+        elif key in ("method.name", "train.seed", "run_name", "output_dir", "train.resume"):
+            raise UserError(f"{key} is set by compare for each run: use methods=..., seeds=... or --out instead")
+        else:
+            rest.append(item)
+    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
+        raise UserError("methods= and seeds= must not repeat a value")
+    return methods, seeds, rest
+
+
+def _comparable(saved: dict) -> dict:
+    """A run's settings minus what only says how or where it was run (not what it computes): a sweep
+    directory can be moved and resumed."""
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items() if k not in ("output_dir", "run_name")}
+    for key in ("resume", "progress", "save_every", "keep_checkpoints", "log_with"):
+        saved.get("train", {}).pop(key, None)
+    return saved
+
+
+def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], out: Path) -> list[PlannedRun]:
+    """Validate every run's config before training any, and find what is already done."""
+    runs = []
+    for method in methods:
+        for seed in seeds:
+            name = f"{method}-seed{seed}"
+            overrides = [*common, f"method.name={method}", f"train.seed={seed}", f"output_dir={out}", f"run_name={name}"]
+            cfg = load_config(recipe, overrides)
+            run_dir = out / name
+            state = "new"
+            if (run_dir / "config.yaml").is_file():
+                saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+                if _comparable(saved) != _comparable(cfg.to_dict()):
+                    raise UserError(f"{run_dir} holds a run with other settings: give another --out, or delete it")
+                if (run_dir / "results.json").is_file():
+                    state = "done"
+                elif (run_dir / "checkpoints").is_dir():
+                    state = "resume"
+            runs.append(PlannedRun(method, seed, overrides, run_dir, state))
+    return runs
+
+
+def run_subprocess(recipe: str, run: PlannedRun, launcher: str | None, threads: int | None) -> None:
+    cmd = [*(shlex.split(launcher) if launcher else [sys.executable]), "-m", "nlp_decouple.train", recipe,
+           *run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    print(f"[compare] {run.run_dir.name}: {'resuming' if run.state == 'resume' else 'training'}", flush=True)
+    log_path = run.run_dir / "train.log"
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"run {run.run_dir.name} failed (exit {proc.returncode}): {tail[0][:300]}; full log: {log_path}")
+
+
+def run_in_process(run: PlannedRun, recipe: str) -> None:
+    """Data parallel under an outer launcher: every rank trains the same run together."""
+    from .trainer import Trainer
+
+    overrides = [*run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
+    Trainer(load_config(recipe, overrides)).fit()
+    # fit() ends with accelerator.end_training(), which destroys the process group: forget Accelerate's
+    # process-wide state too, so the next run's Accelerator initialises a fresh group
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    methods, seeds, common = split_sweep(args.overrides)
+    base = load_config(args.recipe, common)  # a bad override fails here, before anything trains
+    out = args.out or Path(base.output_dir) / f"compare-{Path(args.recipe).stem}"
+    runs = plan(args.recipe, methods, seeds, common, out)
+    todo = [r for r in runs if r.state != "done"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        print(f"[compare] {len(runs)} runs in {out}: {len(runs) - len(todo)} done, {len(todo)} to train", flush=True)
+    if world > 1:
+        if args.launcher or args.jobs > 1:
+            raise UserError("under a multi-process launcher the runs train in this process group: drop --launcher/--jobs")
+        setup_console()
+        for run in todo:
+            run_in_process(run, args.recipe)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+        with ThreadPoolExecutor(args.jobs) as pool:  # the threads only wait on subprocesses
+            list(pool.map(lambda r: run_subprocess(args.recipe, r, args.launcher, threads), todo))
+    if rank0:
+        from .report import build_report
+
+        title = args.title or f"{Path(args.recipe).stem}: {', '.join(methods)} x seeds {','.join(map(str, seeds))}"
+        build_report([r.run_dir for r in runs], out / "report", title)
+        print((out / "report" / "report.md").read_text())
+        print(f"[compare] report: {out / 'report' / 'report.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Trained models in Hugging Face form: ``save_pretrained`` / ``from_pretrained`` with a config.json that
+holds everything needed to rebuild the model (no recipe, no training code's Config), any method's
+inference path, and adaptive early exit for methods with exits.
+
+    from nlp_decouple.hf import DecoupledForSequenceClassification
+    model = DecoupledForSequenceClassification.from_pretrained("runs/agnews-.../best")
+
+``import nlp_decouple.hf`` also registers the classes with the Auto* factories, so
+``AutoModelForSequenceClassification.from_pretrained(dir)`` works too.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import (AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .config import Config, MethodConfig, ModelConfig, _build
+from .errors import UserError
+from .model import StagedClassifier
+from .models.blocks import EmbeddingBlock, sinusoidal_table
+
+
+EXIT_METHODS = ("early_exit", "deinforeg", "al")  # methods with a classifier (or AL shortcut) per group
+
+
+class DecoupledTextConfig(PretrainedConfig):
+    """The encoder (``encoder``: ModelConfig fields) and the method (``method``: MethodConfig fields) as
+    plain dicts, plus the vocabulary size, padding id, sequence length and label names."""
+
+    model_type = "nlp_decouple"
+
+    def __init__(self, encoder: dict | None = None, method: dict | None = None, vocab_size: int = 0,
+                 pad_token_id: int = 0, max_seq_length: int = 128, **kwargs):
+        self.encoder = dict(encoder or {})
+        self.method = dict(method or {})
+        self.vocab_size = vocab_size
+        self.max_seq_length = max_seq_length
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    def run_config(self) -> Config:
+        """The (validated) model and method sections as the training code's Config."""
+        return Config(model=_build(ModelConfig, self.encoder, "model."), method=_build(MethodConfig, self.method, "method."))
+
+
+@dataclass
+class ExitPrediction:
+    """Per text: the answering exit's probabilities and the global index of the group that answered."""
+    probs: Tensor  # (N, C)
+    group: Tensor  # (N,) long
+
+
+class DecoupledForSequenceClassification(PreTrainedModel):
+    config_class = DecoupledTextConfig
+    base_model_prefix = "staged"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: DecoupledTextConfig):
+        super().__init__(config)
+        self.staged = StagedClassifier.from_config(config.run_config(), config.vocab_size, config.pad_token_id,
+                                                   config.num_labels, config.max_seq_length)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """The blocks and heads initialise their parameters when built, and loading overwrites them; only
+        the sinusoidal table (a non-persistent buffer, left empty by ``from_pretrained``) is recomputed."""
+        if isinstance(module, EmbeddingBlock) and module.positional == "sinusoidal":
+            module.position_table.copy_(sinusoidal_table(*module.position_table.shape))
+
+    @classmethod
+    def from_staged(cls, staged: StagedClassifier, cfg: Config, vocab_size: int, pad_token_id: int,
+                    max_seq_length: int, label_names: list[str]) -> "DecoupledForSequenceClassification":
+        """Wrap a trained model (its weights shared, not copied) for ``save_pretrained``."""
+        encoder = {**dataclasses.asdict(cfg.model), "word_vectors": None}  # the vectors live in the weights
+        config = DecoupledTextConfig(
+            encoder=encoder, method=dataclasses.asdict(cfg.method), vocab_size=vocab_size,
+            pad_token_id=pad_token_id, max_seq_length=max_seq_length,
+            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+        model = cls.__new__(cls)  # not cls(config): that would build (and randomly initialise) a second model
+        PreTrainedModel.__init__(model, config)
+        model.staged = staged
+        model.post_init()
+        return model
+
+    @property
+    def exit_groups(self) -> list[int]:
+        """Global group index at the end of each stage: where that stage's exit (if any) reads."""
+        ends, total = [], 0
+        for stage in self.staged.stages:
+            total += len(stage.groups)
+            ends.append(total - 1)
+        return ends
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> SequenceClassifierOutput:
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        logits = self.staged(input_ids, attention_mask)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def exit_logits(self, input_ids: Tensor, attention_mask: Tensor) -> dict[int, Tensor]:
+        """Logits of every exit the method has (group index -> (N, C)); the last one is the prediction."""
+        outs = self.staged.run(input_ids, attention_mask)
+        return {g: out.logits for g, out in zip(self.exit_groups, outs) if out.logits is not None}
+
+    @torch.no_grad()
+    def predict_adaptive(self, input_ids: Tensor, attention_mask: Tensor,
+                         threshold: float | None = None) -> ExitPrediction:
+        """Stage by stage: a text is answered by the first exit whose top probability reaches
+        ``threshold`` (the last exit answers the rest); stages stop running once every text of the batch
+        has answered, so confident batches skip the upper groups. ``None``: the final exit answers all."""
+        n = input_ids.shape[0]
+        probs = torch.zeros(n, self.config.num_labels, device=input_ids.device)
+        group = torch.full((n,), -1, dtype=torch.long, device=input_ids.device)
+        stages, outs = list(self.staged.stages), []
+        for k, out in enumerate(self.staged.iter_stages(input_ids, attention_mask)):
+            outs.append(out)
+            if self.staged.infer is not None:  # e.g. AL: decode this stage's bridge output to logits
+                outs = self.staged.infer(stages[: k + 1], outs)
+            logits = outs[-1].logits
+            last = k == len(stages) - 1
+            if logits is None or (threshold is None and not last):
+                continue
+            p = logits.float().softmax(-1).to(probs.device)
+            take = group.eq(-1) & (p.max(-1).values.ge(threshold) if not last else torch.ones_like(group, dtype=torch.bool))
+            probs[take], group[take] = p[take], self.exit_groups[k]
+            if bool(group.ge(0).all()):
+                break
+        return ExitPrediction(probs, group)
+
+    @property
+    def has_early_exits(self) -> bool:
+        """Whether the method has exits before the last group (early_exit, deinforeg, al)."""
+        return len(self.exit_groups) > 1 and self.config.method.get("name") in EXIT_METHODS
+
+
+def save_model_dir(model: DecoupledForSequenceClassification, tokenizer: PreTrainedTokenizerBase,
+                   directory: Path) -> None:
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+
+
+def load_model_dir(directory: str | Path) -> tuple[DecoupledForSequenceClassification, PreTrainedTokenizerBase]:
+    """A saved model and its tokenizer, ready for inference (eval mode)."""
+    from transformers import AutoTokenizer
+
+    path = Path(directory)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        hint = " (a run directory? its model is in RUN_DIR/best)" if (path / "best").is_dir() else ""
+        raise UserError(f"{str(path)!r} is not a saved model: it needs config.json and model.safetensors{hint}")
+    model = DecoupledForSequenceClassification.from_pretrained(str(path))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+AutoConfig.register(DecoupledTextConfig.model_type, DecoupledTextConfig)
+AutoModelForSequenceClassification.register(DecoupledTextConfig, DecoupledForSequenceClassification)

@@ -1,0 +1,82 @@
+"""compare: every method x seed trained in its own run directory, resumable, then a report."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import REPO, SWEEP_METHODS, SWEEP_OVERRIDES, SWEEP_SEEDS, run_sweep
+from nlp_decouple.compare import plan, split_sweep
+from nlp_decouple.errors import UserError
+
+RECIPE = str(REPO / "recipes" / "quickstart.yaml")
+
+
+def test_sweep_trains_every_method_and_seed_with_identical_settings(tiny_sweep):
+    configs = {}
+    for method in SWEEP_METHODS:
+        for seed in SWEEP_SEEDS:
+            run = tiny_sweep / f"{method}-seed{seed}"
+            results = json.loads((run / "results.json").read_text())
+            assert (results["method"], results["seed"]) == (method, seed)
+            assert (run / "best" / "config.json").is_file() and (run / "train.log").is_file()
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            cfg["method"].pop("name"), cfg["train"].pop("seed"), cfg.pop("run_name")
+            configs[(method, seed)] = cfg
+    first = next(iter(configs.values()))
+    assert all(c == first for c in configs.values())  # same data, tokenizer, model size and budget
+    assert first["train"]["epochs"] == 2 and first["model"]["hidden_size"] == 16
+    assert (tiny_sweep / "report" / "report.md").is_file() and (tiny_sweep / "report" / "report.json").is_file()
+
+
+def test_sweep_resumes_without_retraining_completed_runs(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, out)
+    done = {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("*/results.json")}
+    # one run interrupted after its last checkpoint (no results.json yet): it is resumed, not restarted
+    interrupted = out / "al-seed1"
+    metrics_before = (interrupted / "metrics.jsonl").read_text()
+    (interrupted / "results.json").unlink()
+    capsys.readouterr()
+    run_sweep(out, seeds=[*SWEEP_SEEDS, 2])  # and one new seed per method
+    log = capsys.readouterr().out
+    assert "9 runs" in log and "5 done, 4 to train" in log
+    for name, (mtime, text) in done.items():
+        if name != "al-seed1":
+            path = out / name / "results.json"
+            assert path.stat().st_mtime_ns == mtime and path.read_text() == text  # untouched
+    assert "resuming" in (out / "al-seed1" / "train.log").read_text() or "resumed from" in (out / "al-seed1" / "train.log").read_text()
+    assert (interrupted / "metrics.jsonl").read_text() == metrics_before  # no epoch trained again
+    assert json.loads((interrupted / "results.json").read_text())["test_accuracy"] == \
+        json.loads(done["al-seed1"][1])["test_accuracy"]
+    for method in SWEEP_METHODS:
+        assert (out / f"{method}-seed2" / "results.json").is_file()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert sorted(len(r["seeds"]) for r in report["rows"]) == [3, 3, 3]
+
+
+def test_plan_validates_every_run_and_refuses_a_directory_with_other_settings(tiny_sweep, tmp_path):
+    runs = plan(RECIPE, ["bp", "al"], [0, 1], SWEEP_OVERRIDES, tiny_sweep)
+    assert [(r.method, r.seed, r.state) for r in runs] == [("bp", 0, "done"), ("bp", 1, "done"),
+                                                           ("al", 0, "done"), ("al", 1, "done")]
+    with pytest.raises(UserError, match="other settings"):
+        plan(RECIPE, ["bp"], [0], [*SWEEP_OVERRIDES, "train.lr=0.1"], tiny_sweep)
+    assert plan(RECIPE, ["bp"], [0], SWEEP_OVERRIDES, tmp_path)[0].state == "new"
+    with pytest.raises(UserError, match="train.epochs"):
+        plan(RECIPE, ["bp"], [0], ["train.epochs=zero"], tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["methods=bp,sgd"], "unknown"), (["seeds=a,b"], "integers"), (["methods="], "unknown"),
+    (["method.name=bp"], "set by compare"), (["train.seed=3"], "set by compare"), (["seeds=1,1"], "repeat"),
+])
+def test_sweep_arguments_are_checked(overrides, message):
+    with pytest.raises(UserError, match=message):
+        split_sweep(overrides)
+
+
+def test_sweep_defaults_and_passthrough():
+    methods, seeds, rest = split_sweep(["methods=scpl,al", "train.lr=0.01"])
+    assert methods == ["scpl", "al"] and seeds == [0, 1, 2] and rest == ["train.lr=0.01"]
