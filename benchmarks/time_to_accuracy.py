@@ -1,0 +1,78 @@
+"""Time to accuracy: validation accuracy against cumulative training time, per method, from finished runs.
+
+Reads each run's metrics.jsonl (per epoch: training-loop time, validation accuracy; evaluation time is not
+counted), groups runs by (encoder, method), and writes a JSON with every curve, the mean time to reach a
+target validation accuracy, and a PNG (mean over seeds, band: min-max).
+
+    python benchmarks/time_to_accuracy.py benchmarks/out/runs_lstm_mlp/agnews-lstm-{bp,scpl}-seed* \
+        --targets 0.75 0.80 --out benchmarks/out/time_to_accuracy_lstm.json --png docs/img/time_to_accuracy_lstm.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def curve(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    results = json.loads((run / "results.json").read_text())
+    times = np.cumsum([r["epoch_time_s"] for r in rows]).tolist()
+    return {"run": str(run), "encoder": results["encoder"], "method": results["method"], "seed": results["seed"],
+            "time_s": times, "validation_accuracy": [r["validation"]["accuracy"] for r in rows]}
+
+
+def time_to(c: dict, target: float) -> float | None:
+    """Training time at the end of the first epoch whose validation accuracy reaches ``target``."""
+    return next((t for t, a in zip(c["time_s"], c["validation_accuracy"]) if a >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.75, 0.8])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--png", type=Path, required=True)
+    args = parser.parse_args()
+    curves = [curve(r) for r in args.runs]
+    keys = sorted({(c["encoder"], c["method"]) for c in curves})
+    summary = []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key in keys:
+        group = [c for c in curves if (c["encoder"], c["method"]) == key]
+        n = min(len(c["time_s"]) for c in group)
+        t = np.mean([c["time_s"][:n] for c in group], axis=0)
+        acc = 100 * np.asarray([c["validation_accuracy"][:n] for c in group])
+        line, = ax.plot(t, acc.mean(0), marker="o", ms=3, label=f"{key[1]} ({key[0]})")
+        if len(group) > 1:
+            ax.fill_between(t, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+        row = {"encoder": key[0], "method": key[1], "seeds": [c["seed"] for c in group],
+               "time_per_epoch_s": statistics.fmean(c["time_s"][-1] / len(c["time_s"]) for c in group)}
+        for target in args.targets:
+            reached = [time_to(c, target) for c in group]
+            row[f"time_to_{target:g}_s"] = statistics.fmean(reached) if all(r is not None for r in reached) else None
+            row[f"seeds_reaching_{target:g}"] = sum(r is not None for r in reached)
+        summary.append(row)
+    for target in args.targets:
+        ax.axhline(100 * target, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training time, s (evaluation excluded)")
+    ax.set_ylabel("validation accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=120)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"targets": args.targets, "summary": summary, "curves": curves}, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
