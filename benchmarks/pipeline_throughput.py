@@ -1,9 +1,13 @@
 """Training throughput (samples/s): sequential per-group SCPL vs pipelined SCPL vs BP.
 
-An LSTM cut into layer groups (default: embedding + 2 BiLSTM blocks in 2 groups, [emb + LSTM] and
-[LSTM]), random token ids, AdamW. Modes, each on a fresh copy of the same initial model:
+An LSTM or Transformer (``--encoder``) cut into layer groups (default: embedding + 2 blocks in 2 groups),
+random token ids, AdamW. ``--layers`` and ``--batch-size`` take several values: every combination is
+measured, each with its own BP baseline, and the ratios to BP are computed within a combination. Modes,
+each on a fresh copy of the same initial model:
 
 - ``bp``: one stage, one backward through everything (train.method=bp);
+- ``bp_1thread`` (not in the default ``--modes``): the same on one intra-op thread, to show how much of
+  the machine BP already uses (the pipeline's ceiling over BP is stages x (1-thread / all-thread BP));
 - ``scpl_sequential``: the trainer's per-group loop, one stage after the other in one thread;
 - ``scpl_pipeline``: :class:`nlp_decouple.pipeline.PipelineRunner`, one thread per stage on
   ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
@@ -62,8 +66,9 @@ def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, classes: int
     return batches
 
 
-def build(args, method: str) -> StagedClassifier:
-    overrides = ["model.encoder=lstm", f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
+def build(args, method: str, layers: int) -> StagedClassifier:
+    overrides = [f"model.encoder={args.encoder}", f"model.num_layers={layers}", f"model.hidden_size={args.hidden}",
+                 f"model.num_heads={args.heads}", f"model.ffn_size={2 * args.hidden}",
                  f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
     cfg = load_config(None, overrides)
     torch.manual_seed(args.seed)
@@ -145,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="bp,scpl_sequential,scpl_pipeline")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--encoder", choices=["lstm", "transformer"], default="lstm")
+    p.add_argument("--heads", type=int, default=4, help="Transformer attention heads")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64])
     p.add_argument("--seq-len", type=int, default=60)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2, help="BiLSTM blocks after the embedding block")
+    p.add_argument("--layers", type=int, nargs="+", default=[2], help="encoder blocks after the embedding block")
     p.add_argument("--groups", type=int, default=2, help="layer groups (SCPL stages)")
     p.add_argument("--vocab", type=int, default=5000)
     p.add_argument("--classes", type=int, default=4)
@@ -164,44 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     spec = args.devices if args.devices in ("auto", "cpu") or "," not in args.devices else args.devices.split(",")
     devices = assign_devices(spec, args.groups)
-    pin = any(d.type == "cuda" for d in devices)
-    batches = make_batches(args.warmup + args.batches, args.batch_size, args.seq_len, args.vocab, args.classes,
-                           args.seed + 1, pin)
-    warm, timed = batches[: args.warmup], batches[args.warmup:]
-    samples = args.batches * args.batch_size
-    results = []
-    for mode in args.modes.split(","):
-        if mode == "bp":
-            model = build(args, "bp")
-            fn = lambda m, b: run_sequential(m, devices[:1], b, args.lr)  # noqa: E731
-        elif mode == "scpl_sequential":
-            model = build(args, "scpl")
-            fn = lambda m, b: run_sequential(m, devices, b, args.lr)  # noqa: E731
-        elif mode == "scpl_pipeline":
-            model = build(args, "scpl")
-            fn = lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size, args.stage_threads)  # noqa: E731
-        elif mode == "bp_gpipe":
-            model = build(args, "bp")
-            fn = lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches, args.stage_threads)  # noqa: E731
-        else:
-            p.error(f"unknown mode {mode!r}")
-        results.append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
-        if mode in ("scpl_pipeline", "bp_gpipe"):
-            results[-1]["threads_per_stage"] = thread_budget(args.stage_threads, devices)
-        else:
-            results[-1]["threads"] = torch.get_num_threads()
-    by_mode = {r["mode"]: r["samples_per_s"] for r in results}
-    speedup = (by_mode["scpl_pipeline"] / by_mode["scpl_sequential"]
-               if {"scpl_pipeline", "scpl_sequential"} <= by_mode.keys() else None)
+    configs = []
+    for layers in args.layers:
+        for batch_size in args.batch_size:
+            print(f"-- {args.encoder}: {layers + 1} blocks in {args.groups} groups, batch {batch_size}", flush=True)
+            configs.append(measure_config(args, p, devices, layers, batch_size))
     report = {
         "benchmark": "pipeline_throughput",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "group_sizes": build(args, "scpl").group_sizes,
         "devices": [str(d) for d in devices],
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "results": results,
-        "pipeline_speedup_over_sequential": speedup,
+        "configs": configs,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "machine": platform.platform(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -209,8 +190,46 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}" + (f"; pipeline / sequential = {speedup:.2f}x" if speedup else ""))
+    print(f"wrote {args.out}")
     return 0
+
+
+def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
+    """Every mode at one depth and batch size, on the same batches and initial weights; ratios to BP."""
+    pin = any(d.type == "cuda" for d in devices)
+    batches = make_batches(args.warmup + args.batches, batch_size, args.seq_len, args.vocab, args.classes,
+                           args.seed + 1, pin)
+    warm, timed = batches[: args.warmup], batches[args.warmup:]
+    samples = args.batches * batch_size
+    threads = torch.get_num_threads()
+    results = []
+    for mode in args.modes.split(","):
+        if mode in ("bp", "bp_1thread"):
+            model = build(args, "bp", layers)
+            fn = lambda m, b: run_sequential(m, devices[:1], b, args.lr)  # noqa: E731
+        elif mode == "scpl_sequential":
+            model = build(args, "scpl", layers)
+            fn = lambda m, b: run_sequential(m, devices, b, args.lr)  # noqa: E731
+        elif mode == "scpl_pipeline":
+            model = build(args, "scpl", layers)
+            fn = lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size, args.stage_threads)  # noqa: E731
+        elif mode == "bp_gpipe":
+            model = build(args, "bp", layers)
+            fn = lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches, args.stage_threads)  # noqa: E731
+        else:
+            p.error(f"unknown mode {mode!r}")
+        torch.set_num_threads(1 if mode == "bp_1thread" else threads)
+        results.append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
+        if mode in ("scpl_pipeline", "bp_gpipe"):
+            results[-1]["threads_per_stage"] = thread_budget(args.stage_threads, devices)
+        else:
+            results[-1]["threads"] = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    by_mode = {r["mode"]: r["samples_per_s"] for r in results}
+    for r in results:
+        r["ratio_to_bp"] = r["samples_per_s"] / by_mode["bp"] if "bp" in by_mode else None
+    return {"layers": layers, "blocks": layers + 1, "batch_size": batch_size,
+            "group_sizes": build(args, "scpl", layers).group_sizes, "results": results}
 
 
 if __name__ == "__main__":

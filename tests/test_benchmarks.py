@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end on tiny settings and write what docs/benchmarks.md reads
+(smoke tests: no timing is asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from conftest import REPO, SWEEP_SEEDS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
+def test_throughput_grid_has_every_mode_and_ratios_to_bp(tmp_path, encoder):
+    out = tmp_path / "tp.json"
+    modes = "bp,bp_1thread,scpl_sequential,scpl_pipeline,bp_gpipe"
+    assert script("pipeline_throughput").main(
+        ["--encoder", encoder, "--layers", "1", "2", "--batch-size", "8", "--batches", "2", "--warmup", "1",
+         "--hidden", "16", "--heads", "2", "--seq-len", "12", "--modes", modes, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(c["blocks"], c["batch_size"]) for c in report["configs"]] == [(2, 8), (3, 8)]
+    for config in report["configs"]:
+        assert [r["mode"] for r in config["results"]] == modes.split(",")
+        bp = config["results"][0]
+        assert bp["ratio_to_bp"] == 1.0
+        for r in config["results"]:
+            assert r["samples_per_s"] > 0 and r["ratio_to_bp"] == pytest.approx(r["samples_per_s"] / bp["samples_per_s"])
+        assert next(r for r in config["results"] if r["mode"] == "bp_1thread")["threads"] == 1
+
+
+def test_time_to_accuracy_reads_finished_runs(tiny_sweep, tmp_path, monkeypatch):
+    runs = [str(tiny_sweep / f"{m}-seed{s}") for m in ("bp", "al") for s in SWEEP_SEEDS]
+    out, png = tmp_path / "tta.json", tmp_path / "tta.png"
+    monkeypatch.setattr(sys, "argv", ["tta", *runs, "--targets", "0.3", "1.01", "--out", str(out), "--png", str(png)])
+    script("time_to_accuracy").main()
+    report = json.loads(out.read_text())
+    assert {(r["method"], tuple(r["seeds"])) for r in report["summary"]} == {("al", (0, 1)), ("bp", (0, 1))}
+    for row in report["summary"]:
+        assert row["time_to_1.01_s"] is None and row["seeds_reaching_1.01"] == 0  # never reached
+        curves = [c for c in report["curves"] if c["method"] == row["method"]]
+        reach = [next((t for t, a in zip(c["time_s"], c["validation_accuracy"]) if a >= 0.3), None) for c in curves]
+        if all(r is not None for r in reach):
+            assert row["time_to_0.3_s"] == pytest.approx(sum(reach) / len(reach))
+    assert png.read_bytes()[:4] == b"\x89PNG"
