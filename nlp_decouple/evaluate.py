@@ -48,10 +48,9 @@ def read_text_file(path: Path, label_names: list[str]) -> tuple[list[str], np.nd
     if not path.is_file():
         raise UserError(f"--texts {str(path)!r} not found")
     if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        while lines and not lines[-1].strip():
-            lines.pop()
-        return lines, None
+        from .inference import read_lines
+
+        return read_lines(path), None
     import datasets
 
     table = datasets.load_dataset("csv", data_files=str(path), split="train")

@@ -33,14 +33,14 @@ def collect(model: StagedClassifier, loader: DataLoader, accelerator: Accelerato
     """Forward a whole split; everything gathered once per example across processes."""
     was_training = model.training
     model.eval()
-    ends = np.cumsum([len(stage.groups) for stage in model.stages]) - 1  # each stage's last group
+    ends = model.stage_ends()
     labels, logits, pooled = [], {}, []
     for batch in loader:
         outs = model.run(batch["input_ids"], batch["attention_mask"], return_pooled=return_pooled)
         labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
         for end, out in zip(ends, outs):
             if out.logits is not None:
-                logits.setdefault(int(end), []).append(accelerator.gather_for_metrics(out.logits.float()).cpu())
+                logits.setdefault(end, []).append(accelerator.gather_for_metrics(out.logits.float()).cpu())
         pooled.append([accelerator.gather_for_metrics(p.float()).cpu() for out in outs for p in out.pooled])
     model.train(was_training)
     per_group = [torch.cat([f[k] for f in pooled]).numpy() for k in range(len(pooled[0]))] if return_pooled else []

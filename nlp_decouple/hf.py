@@ -92,11 +92,7 @@ class DecoupledForSequenceClassification(PreTrainedModel):
     @property
     def exit_groups(self) -> list[int]:
         """Global group index at the end of each stage: where that stage's exit (if any) reads."""
-        ends, total = [], 0
-        for stage in self.staged.stages:
-            total += len(stage.groups)
-            ends.append(total - 1)
-        return ends
+        return self.staged.stage_ends()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 **kwargs) -> SequenceClassifierOutput:

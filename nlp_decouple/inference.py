@@ -29,6 +29,14 @@ def load_for_inference(path: str | Path, device: str | None = None
     return model, tok
 
 
+def read_lines(path: Path) -> list[str]:
+    """One text per line; a trailing newline (or several) is not an empty text."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 def check_texts(texts: Sequence[str], source: str) -> None:
     if not texts:
         raise UserError(f"{source}: no texts to predict; give at least one non-empty text")

@@ -29,6 +29,14 @@ class StagedClassifier(nn.Module):
     def embedding(self) -> nn.Embedding:
         return self.stages[0].groups[0].blocks[0].embed
 
+    def stage_ends(self) -> list[int]:
+        """Global index of each stage's last group: where that stage's exit (if any) reads."""
+        ends, total = [], 0
+        for stage in self.stages:
+            total += len(stage.groups)
+            ends.append(total - 1)
+        return ends
+
     def groups(self) -> list[nn.Module]:
         return [g for stage in self.stages for g in stage.groups]
 

@@ -40,10 +40,9 @@ def read_texts(args: argparse.Namespace) -> tuple[list[str], str]:
         path = Path(args.file)
         if not path.is_file():
             raise UserError(f"--file {args.file!r} not found")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        while lines and not lines[-1].strip():  # a trailing newline is not an empty text
-            lines.pop()
-        return lines, f"--file {args.file}"
+        from .inference import read_lines
+
+        return read_lines(path), f"--file {args.file}"
     return list(args.texts), "command line"
 
 

@@ -215,12 +215,8 @@ def plot_val_accuracy(groups: list[Group], path: Path) -> bool:
     if not drawn:
         plt.close(fig)
         return False
-    ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("validation accuracy %")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish_lines(fig, ax, "epoch", "validation accuracy %", path)
     return True
 
 
@@ -237,11 +233,7 @@ def plot_layerwise(rows: list[dict], path: Path) -> bool:
         for xi, yi, p in zip(x, y, pts):
             ax.plot(xi, yi, "o", color=line.get_color(), mfc=line.get_color() if p["kind"] == "exit" else "white")
     ax.set_xticks(sorted({p["group"] for r in rows for p in r["groups_test_accuracy"]}))
-    ax.set_xlabel("layer group (0 = embedding)")
-    ax.set_ylabel("test accuracy %")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish_lines(fig, ax, "layer group (0 = embedding)", "test accuracy %", path)
     return True
 
 
@@ -284,6 +276,15 @@ def plot_confusions(groups: list[Group], path: Path) -> None:
         ax.set_title(f"{g.label}, seed {best.results['seed']}\nacc {100 * best.results['test_accuracy']:.1f}%", fontsize=9)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
+    _save(fig, path)
+
+
+def _finish_lines(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    """Labels, grid and legend of a per-method line plot, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 
