@@ -9,11 +9,17 @@ each on a fresh copy of the same initial model:
 - ``bp_1thread`` (not in the default ``--modes``): the same on one intra-op thread, to show how much of
   the machine BP already uses (the pipeline's ceiling over BP is stages x (1-thread / all-thread BP));
 - ``scpl_sequential``: the trainer's per-group loop, one stage after the other in one thread;
+- ``scpl_1thread`` (not in the default ``--modes``): the same on one intra-op thread; ``stages x`` its
+  speed is what the pipeline's one-thread stages would reach with no overhead (``pipeline_efficiency``);
 - ``scpl_pipeline``: :class:`nlp_decouple.pipeline.PipelineRunner`, one thread per stage on
   ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
   ``auto``: the visible GPUs);
 - ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.pipeline.GPipeBP`,
   ``--micro-batches`` chunks through the same placement, one optimizer step per batch.
+
+Stages should cost about the same: the embedding block is nearly free, so an even number of encoder
+layers in 2 groups (``--layers 4 8``: 5 and 9 blocks, groups of 3+2 and 5+4 blocks) gives 2 equal
+stages, while an odd one leaves one stage a layer short (``--layers 3``: 2+2 blocks, 1 layer vs 2).
 
 The sequential modes use the same placement as the pipeline (stages moved, carries moved by hooks);
 ``bp`` runs on the first device. Every mode runs ``--warmup`` untimed batches first. Results go to a
@@ -39,6 +45,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default="cpu", help="cpu, auto, or a comma-separated list, one per stage")
     p.add_argument("--modes", default="bp,scpl_sequential,scpl_pipeline")
     p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all modes; medians are reported")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--encoder", choices=["lstm", "transformer"], default="lstm")
     p.add_argument("--heads", type=int, default=4, help="Transformer attention heads")
@@ -175,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     for layers in args.layers:
         for batch_size in args.batch_size:
             print(f"-- {args.encoder}: {layers + 1} blocks in {args.groups} groups, batch {batch_size}", flush=True)
-            configs.append(measure_config(args, p, devices, layers, batch_size))
+            config = measure_config(args, p, devices, layers, batch_size)
+            configs.append(config)
+            print("   median: " + ", ".join(f"{r['mode']} {r['samples_per_s']:.1f}" + (
+                f" ({r['ratio_to_bp']:.2f}x bp)" if r["ratio_to_bp"] is not None else "") for r in config["results"]),
+                  flush=True)
     report = {
         "benchmark": "pipeline_throughput",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -194,42 +206,66 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def mode_runner(args, p, devices, mode: str, layers: int):
+    """(model, fn(model, batches)) for one mode; fn trains the model on the batches."""
+    if mode in ("bp", "bp_1thread"):
+        return build(args, "bp", layers), lambda m, b: run_sequential(m, devices[:1], b, args.lr)
+    if mode in ("scpl_sequential", "scpl_1thread"):
+        return build(args, "scpl", layers), lambda m, b: run_sequential(m, devices, b, args.lr)
+    if mode == "scpl_pipeline":
+        return build(args, "scpl", layers), lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size,
+                                                                      args.stage_threads)
+    if mode == "bp_gpipe":
+        return build(args, "bp", layers), lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches,
+                                                                 args.stage_threads)
+    p.error(f"unknown mode {mode!r}")
+
+
 def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
-    """Every mode at one depth and batch size, on the same batches and initial weights; ratios to BP."""
+    """Every mode at one depth and batch size, on the same batches and initial weights, ``--repeats``
+    rounds (the order of the modes rotates each round, so no mode always runs first or last). Each
+    mode reports the median samples/s over rounds; ``ratio_to_bp`` is the median of the per-round
+    ratios (each against the BP of the same round, measured minutes apart at most)."""
     pin = any(d.type == "cuda" for d in devices)
     batches = make_batches(args.warmup + args.batches, batch_size, args.seq_len, args.vocab, args.classes,
                            args.seed + 1, pin)
     warm, timed = batches[: args.warmup], batches[args.warmup:]
     samples = args.batches * batch_size
     threads = torch.get_num_threads()
+    modes = args.modes.split(",")
+    runners = {mode: mode_runner(args, p, devices, mode, layers) for mode in modes}
+    rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for r in range(args.repeats):
+        for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
+            model, fn = runners[mode]
+            torch.set_num_threads(1 if mode.endswith("_1thread") else threads)
+            rounds[mode].append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
+            torch.set_num_threads(threads)
     results = []
-    for mode in args.modes.split(","):
-        if mode in ("bp", "bp_1thread"):
-            model = build(args, "bp", layers)
-            fn = lambda m, b: run_sequential(m, devices[:1], b, args.lr)  # noqa: E731
-        elif mode == "scpl_sequential":
-            model = build(args, "scpl", layers)
-            fn = lambda m, b: run_sequential(m, devices, b, args.lr)  # noqa: E731
-        elif mode == "scpl_pipeline":
-            model = build(args, "scpl", layers)
-            fn = lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size, args.stage_threads)  # noqa: E731
-        elif mode == "bp_gpipe":
-            model = build(args, "bp", layers)
-            fn = lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches, args.stage_threads)  # noqa: E731
+    for mode in modes:
+        speeds = [m["samples_per_s"] for m in rounds[mode]]
+        result = {"mode": mode, "samples_per_s": statistics.median(speeds), "samples_per_s_rounds": speeds,
+                  "batches": args.batches, "last_losses": rounds[mode][-1]["last_losses"]}
+        if "bp" in rounds:
+            ratios = [m["samples_per_s"] / b["samples_per_s"] for m, b in zip(rounds[mode], rounds["bp"])]
+            result["ratio_to_bp"], result["ratio_to_bp_rounds"] = statistics.median(ratios), ratios
         else:
-            p.error(f"unknown mode {mode!r}")
-        torch.set_num_threads(1 if mode == "bp_1thread" else threads)
-        results.append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
+            result["ratio_to_bp"] = None
         if mode in ("scpl_pipeline", "bp_gpipe"):
-            results[-1]["threads_per_stage"] = thread_budget(args.stage_threads, devices)
+            result["threads_per_stage"] = thread_budget(args.stage_threads, devices)
         else:
-            results[-1]["threads"] = torch.get_num_threads()
-        torch.set_num_threads(threads)
+            result["threads"] = 1 if mode.endswith("_1thread") else threads
+        results.append(result)
     by_mode = {r["mode"]: r["samples_per_s"] for r in results}
-    for r in results:
-        r["ratio_to_bp"] = r["samples_per_s"] / by_mode["bp"] if "bp" in by_mode else None
-    return {"layers": layers, "blocks": layers + 1, "batch_size": batch_size,
-            "group_sizes": build(args, "scpl", layers).group_sizes, "results": results}
+    config = {"layers": layers, "blocks": layers + 1, "batch_size": batch_size,
+              "group_sizes": runners[modes[0]][0].group_sizes, "results": results}
+    if "scpl_pipeline" in by_mode and "scpl_1thread" in by_mode:
+        # the ideal of S one-thread stages: S x one-thread sequential SCPL (balanced stages, no overhead)
+        config["pipeline_efficiency"] = by_mode["scpl_pipeline"] / (len(devices) * by_mode["scpl_1thread"])
+    if "bp" in by_mode and "bp_1thread" in by_mode:
+        # how much faster S one-thread stages could at best be than BP on all threads
+        config["pipeline_ceiling_over_bp"] = len(devices) * by_mode["bp_1thread"] / by_mode["bp"]
+    return config
 
 
 if __name__ == "__main__":

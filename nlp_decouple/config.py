@@ -71,7 +71,7 @@ class MethodConfig:
     name: Literal["bp", "scpl", "early_exit", "deinforeg", "al"] = "bp"
     backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
     temperature: float = 0.1
-    projection: Literal["identity", "linear", "mlp"] = "identity"
+    projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
     projection_dim: int | None = None  # default: the group's pooled size
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
     ce_weight: float = 0.001  # DeInfoReg's classifier weight

@@ -23,9 +23,10 @@ def script(name: str):
 @pytest.mark.parametrize("encoder", ["lstm", "transformer"])
 def test_throughput_grid_has_every_mode_and_ratios_to_bp(tmp_path, encoder):
     out = tmp_path / "tp.json"
-    modes = "bp,bp_1thread,scpl_sequential,scpl_pipeline,bp_gpipe"
+    modes = "bp,bp_1thread,scpl_1thread,scpl_sequential,scpl_pipeline,bp_gpipe"
     assert script("pipeline_throughput").main(
         ["--encoder", encoder, "--layers", "1", "2", "--batch-size", "8", "--batches", "2", "--warmup", "1",
+         "--repeats", "2",
          "--hidden", "16", "--heads", "2", "--seq-len", "12", "--modes", modes, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [(c["blocks"], c["batch_size"]) for c in report["configs"]] == [(2, 8), (3, 8)]
@@ -34,8 +35,17 @@ def test_throughput_grid_has_every_mode_and_ratios_to_bp(tmp_path, encoder):
         bp = config["results"][0]
         assert bp["ratio_to_bp"] == 1.0
         for r in config["results"]:
-            assert r["samples_per_s"] > 0 and r["ratio_to_bp"] == pytest.approx(r["samples_per_s"] / bp["samples_per_s"])
-        assert next(r for r in config["results"] if r["mode"] == "bp_1thread")["threads"] == 1
+            rounds = r["samples_per_s_rounds"]
+            assert len(rounds) == 2 and min(rounds) > 0 and r["samples_per_s"] == pytest.approx(sum(rounds) / 2)
+            per_round = [x / b for x, b in zip(rounds, bp["samples_per_s_rounds"])]
+            assert r["ratio_to_bp_rounds"] == pytest.approx(per_round)
+            assert r["ratio_to_bp"] == pytest.approx(sum(per_round) / 2)  # the median of two
+        by_mode = {r["mode"]: r for r in config["results"]}
+        assert by_mode["bp_1thread"]["threads"] == 1 and by_mode["scpl_1thread"]["threads"] == 1
+        assert config["pipeline_efficiency"] == pytest.approx(
+            by_mode["scpl_pipeline"]["samples_per_s"] / (2 * by_mode["scpl_1thread"]["samples_per_s"]))
+        assert config["pipeline_ceiling_over_bp"] == pytest.approx(
+            2 * by_mode["bp_1thread"]["samples_per_s"] / bp["samples_per_s"])
 
 
 def test_time_to_accuracy_reads_finished_runs(tiny_sweep, tmp_path, monkeypatch):

@@ -5,7 +5,11 @@ from torch import nn
 
 
 def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
-    """identity | linear | mlp (Linear -> ReLU -> Linear), as in the SCPL reference."""
+    """identity | linear | mlp (Linear -> ReLU -> Linear), as in the SCPL reference | mlp_bn (Linear ->
+    BatchNorm -> ReLU -> Linear, SimCLR's head). The BatchNorm centres each feature over the batch:
+    mean-pooled Transformer features share a large common component (the averaged positional code),
+    so at initialisation any two texts have cosine ~0.9 and SupCon starts near its chance value
+    log(B - 1); centring removes that component at once."""
     out_dim = out_dim or in_dim
     if kind == "identity":
         if out_dim != in_dim:
@@ -15,6 +19,8 @@ def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Mo
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
+    if kind == "mlp_bn":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.BatchNorm1d(in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
     raise ValueError(f"unknown projection {kind!r}")
 
 
