@@ -26,8 +26,11 @@ METHOD_ORDER = ["bp", "scpl", "early_exit", "deinforeg", "al"]
 METHOD_NAMES = {"bp": "BP", "scpl": "SCPL", "early_exit": "Early Exit", "deinforeg": "DeInfoReg", "al": "AL"}
 # settings shown in the report when every run shares them
 SETTINGS = ["data.name", "data.path", "tokenizer.name", "tokenizer.train", "model.encoder", "model.num_layers",
-            "model.hidden_size", "model.groups", "model.lstm_pooling", "method.projection", "method.temperature",
-            "train.epochs", "train.batch_size", "train.lr", "train.scheduler", "train.mixed_precision"]
+            "model.hidden_size", "model.num_heads", "model.norm", "model.pooling", "model.lstm_pooling", "model.groups",
+            "method.projection", "method.temperature", "train.epochs", "train.batch_size", "train.lr",
+            "train.scheduler", "train.mixed_precision"]
+ENCODER_ONLY = {"model.num_heads": "transformer", "model.norm": "transformer", "model.pooling": "transformer",
+                "model.lstm_pooling": "lstm"}  # shown only when every run uses that encoder
 
 
 @dataclass
@@ -149,7 +152,10 @@ def markdown_table(rows: list[dict]) -> str:
 def shared_settings(runs: list[Run]) -> tuple[dict, list[str]]:
     """Settings every run shares (shown once) and the names of those that differ (besides method/seed)."""
     same, differ = {}, []
+    encoders = {r.setting("model.encoder") for r in runs}
     for key in SETTINGS:
+        if key in ENCODER_ONLY and encoders != {ENCODER_ONLY[key]}:
+            continue
         values = {json.dumps(r.setting(key)) for r in runs}
         if len(values) == 1:
             value = runs[0].setting(key)

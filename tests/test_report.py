@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SWEEP_METHODS, SWEEP_SEEDS
 from nlp_decouple.errors import UserError
-from nlp_decouple.report import build_report, markdown_table
+from nlp_decouple.report import Run, build_report, markdown_table, shared_settings
 
 NAMES = {"bp": "BP", "early_exit": "Early Exit", "al": "AL"}
 
@@ -32,6 +32,9 @@ def test_report_numbers_match_every_runs_results(tiny_sweep, tmp_path):
         layer = row["groups_test_accuracy"]  # embedding + 2 BiLSTM blocks
         assert [g["group"] for g in layer] == [0, 1, 2]
         assert layer[-1]["test_accuracy"] == pytest.approx(row["test_accuracy_mean"])
+    settings = report["settings"]  # BiLSTM runs: the LSTM's pooling is shown, no Transformer-only setting
+    assert settings["model.encoder"] == "lstm" and "model.lstm_pooling" in settings
+    assert not {"model.norm", "model.pooling", "model.num_heads"} & set(settings)
     kinds = {r["method"]: [g["kind"] for g in r["groups_test_accuracy"]] for r in report["rows"]}
     assert kinds == {"bp": ["probe", "probe", "exit"], "early_exit": ["exit"] * 3, "al": ["exit"] * 3}
 
@@ -48,6 +51,20 @@ def test_report_numbers_match_every_runs_results(tiny_sweep, tmp_path):
 
         pixels = matplotlib.image.imread(str(png))
         assert pixels.shape[0] > 200 and np.ptp(pixels) > 0.5  # a real picture, not a blank canvas
+
+
+def test_shared_settings_show_only_what_applies_to_the_runs_encoders():
+    def run(encoder: str, lr: float) -> Run:
+        config = {"model": {"encoder": encoder, "norm": "pre", "pooling": "mean", "lstm_pooling": "last",
+                            "num_heads": 4}, "train": {"lr": lr}}
+        return Run(None, {}, [], config)
+
+    same, differ = shared_settings([run("transformer", 1e-3), run("transformer", 3e-3)])
+    assert same == {"model.encoder": "transformer", "model.norm": "pre", "model.pooling": "mean",
+                    "model.num_heads": 4}
+    assert differ == ["train.lr"]
+    same, differ = shared_settings([run("transformer", 1e-3), run("lstm", 1e-3)])  # mixed: neither's own
+    assert same == {"train.lr": 1e-3} and differ == ["model.encoder"]
 
 
 def test_best_value_per_column_is_bold():

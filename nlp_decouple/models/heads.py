@@ -1,7 +1,18 @@
 """Small local heads: projections and classifiers that sit on a group's pooled vector."""
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm that uses its running statistics on a one-example training batch (an epoch's last
+    batch can be that small), where batch statistics do not exist and torch would raise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
@@ -20,7 +31,7 @@ def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Mo
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
     if kind == "mlp_bn":
-        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.BatchNorm1d(in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
+        return nn.Sequential(nn.Linear(in_dim, in_dim), BatchNorm1d(in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
     raise ValueError(f"unknown projection {kind!r}")
 
 

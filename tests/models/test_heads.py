@@ -47,6 +47,22 @@ def test_mlp_bn_spreads_nearly_collinear_features():
     assert mean_cos(make_projection("mlp", 16, 8)(x)) > 0.95
 
 
+@pytest.mark.parametrize("kind", ["mlp_bn", "standardize"])
+def test_a_one_example_training_batch_uses_the_running_statistics(kind):
+    # an epoch's last batch can hold one example: batch statistics do not exist there
+    from nlp_decouple.methods import ClassifierHead
+
+    torch.manual_seed(0)
+    head = make_projection("mlp_bn", 16, 8) if kind == "mlp_bn" else ClassifierHead(16, 4, True, standardize=True)
+    run = (lambda x: head(x)) if kind == "mlp_bn" else (lambda x: head(x, None).logits)
+    head.train()
+    run(torch.randn(32, 16) + 3)  # moves the running statistics away from their initial values
+    one = torch.randn(1, 16)
+    trained = run(one)
+    head.eval()
+    torch.testing.assert_close(trained, run(one))
+
+
 def test_unknown_projection_is_refused():
     with pytest.raises(ValueError, match="unknown projection"):
         make_projection("mlp_ln", 16)
