@@ -108,7 +108,7 @@ class TrainConfig:
     devices: str | list[str] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
     micro_batches: int = 4  # pipelined bp (GPipe): micro-batches per batch
     queue_size: int = 2  # pipeline: batches a stage may run ahead of the next
-    threads_per_stage: int | None = None  # pipeline on CPU: intra-op threads per stage (default: split evenly)
+    threads_per_stage: int | None = None  # pipeline on CPU: intra-op threads per worker (default: split evenly)
     save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path

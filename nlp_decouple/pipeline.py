@@ -1,4 +1,4 @@
-"""Pipelined training of decoupled methods: stage k on device k, one worker thread per stage.
+"""Pipelined training of decoupled methods: stage k on device k, one worker thread per device slot.
 
 SCPL's "parallel": while stage k+1 works on batch t, stage k already works on batch t+1. A decoupled
 stage's update depends only on its own input stream (the *detached* carry from the stage below), so
@@ -13,6 +13,9 @@ Pieces:
   forward pre-hook that moves an incoming carry and labels to the stage's device, so the *unchanged*
   sequential paths (``StagedClassifier.run``/``iter_stages``, ``evaluation.collect``, ``train_step``)
   run across devices too -- evaluation needs nothing else.
+- :func:`assign_workers` says which stages share a worker thread: with ``train.devices`` a list shorter
+  than the stages (``[cpu, cpu]`` for 5 stages), the stages on one entry run in one worker, so a CPU
+  pipeline has a thread per listed core, not per stage.
 - :class:`PipelineRunner` trains: ``run(batches)`` yields, per batch and in batch order, every stage's
   loss value (``nan`` where non-finite; that stage's update is then skipped, as in the trainer).
 - :func:`run_placed`: inference through placed stages without hooks (what ``StagedClassifier.run``
@@ -28,7 +31,7 @@ with ``method.backward=per_group``::
     def update(k, loss):                       # a frozen stage has no optimizer: nothing to do
         if k in self.optimizer_of:
             self._update(self.optimizer_of[k], [k], loss)
-    runner = PipelineRunner(model.stages, devices, update)
+    runner = PipelineRunner(model.stages, devices, update, workers=assign_workers(cfg.train.devices, len(devices)))
     try:
         for epoch ...:
             left = None if max_steps is None else max_steps - step
@@ -142,6 +145,29 @@ def assign_devices(spec: str | Sequence[str | torch.device] | torch.device | Non
         log.info("train.devices lists %d devices for %d stage(s): using %s", len(pool), num_stages,
                  [str(d) for d in pool[:num_stages]])
     return _spread(pool, num_stages)
+
+
+def assign_workers(spec: str | Sequence[str | torch.device] | torch.device | None,
+                   num_stages: int) -> list[list[int]]:
+    """Which stages share a worker thread, as contiguous runs of stage indices.
+
+    A list of devices (or ``auto`` over several GPUs) shorter than the stages gives one worker per entry,
+    running the stages placed on it one after the other -- the same contiguous blocks as
+    :func:`assign_devices` (``[cpu, cpu]`` with 5 stages: ``[[0, 1, 2], [3, 4]]``), so a CPU pipeline has as
+    many workers as listed cores rather than a thread per stage competing for them. Otherwise (one device,
+    or at least as many entries as stages) each stage has its own worker."""
+    if isinstance(spec, (list, tuple)):
+        slots = len(spec)
+    elif (spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto")) and torch.cuda.is_available():
+        slots = torch.cuda.device_count()
+    else:
+        slots = num_stages
+    if slots <= 0 or slots >= num_stages:
+        return [[k] for k in range(num_stages)]
+    workers: list[list[int]] = [[] for _ in range(slots)]
+    for k in range(num_stages):
+        workers[k * slots // num_stages].append(k)
+    return workers
 
 
 def _move(obj, device: torch.device):
@@ -313,7 +339,8 @@ def _set_threads(n: int | None) -> None:
 
 
 class PipelineRunner:
-    """Train the stages of a decoupled method as a pipeline, one worker thread per stage.
+    """Train the stages of a decoupled method as a pipeline, one worker thread per stage (or per run of
+    stages: ``workers``, e.g. from :func:`assign_workers`; a worker runs its stages one after the other).
 
     ``update(k, loss)`` backpropagates stage k's local loss and steps stage k's own optimizer and
     scheduler; it is called in stage k's thread (under its CUDA stream), once per finite loss, in batch
@@ -331,14 +358,23 @@ class PipelineRunner:
 
     ``context`` (e.g. ``accelerator.autocast``) is entered around each stage's forward in its worker:
     autocast state is per thread. Stages prepared by Accelerate carry their autocast in ``forward``
-    already. ``threads_per_stage``: intra-op threads per CPU stage (see :func:`thread_budget`)."""
+    already. ``threads_per_stage``: intra-op threads per CPU worker (see :func:`thread_budget`; one entry
+    per worker when a list)."""
 
     def __init__(self, stages: Sequence[nn.Module], devices: Sequence[torch.device | str],
                  update: Callable[[int, Tensor], None], decoupled: bool = True, queue_size: int = 2,
                  threads_per_stage: int | Sequence[int | None] | None = None, move_stages: bool = True,
-                 context: Callable[[], ContextManager] | None = None, join_timeout_s: float = 60.0):
+                 context: Callable[[], ContextManager] | None = None, join_timeout_s: float = 60.0,
+                 workers: Sequence[Sequence[int]] | None = None):
         if len(stages) != len(devices):
             raise ValueError(f"{len(stages)} stages but {len(devices)} devices")
+        n = len(stages)
+        self.workers = [list(w) for w in workers] if workers is not None else [[k] for k in range(n)]
+        if [k for w in self.workers for k in w] != list(range(n)) or not all(self.workers):
+            raise ValueError(f"workers must cut stages 0..{n - 1} into non-empty contiguous runs, in order; "
+                             f"got {self.workers}")
+        if any(len({str(devices[k]) for k in w}) > 1 for w in self.workers):
+            raise ValueError("the stages of one worker must share a device")
         if not decoupled and len(stages) > 1:
             raise ValueError("a pipeline needs decoupled stages (no gradient across stages); a non-decoupled "
                              "model must be a single stage (bp)")
@@ -353,9 +389,10 @@ class PipelineRunner:
         if move_stages:
             for stage, device in zip(self.stages, self.devices):
                 stage.to(device)
-        self.threads = thread_budget(threads_per_stage, self.devices)
+        first = [self.devices[w[0]] for w in self.workers]  # each worker's device
+        self.threads = thread_budget(threads_per_stage, first)
         self.context = context or contextlib.nullcontext
-        self.streams = [torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in self.devices]
+        self.streams = [torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in first]
         self._active: dict | None = None
         self._closed = False
 
@@ -387,12 +424,12 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------ internals
     def _run(self, batches: Iterable[dict], limit: int | None, with_batch: bool):
-        n = len(self.stages)
+        n = len(self.workers)
         state = {
             "stop": threading.Event(),
             "error": None,  # (stage, exception): the first failure wins
             "lock": threading.Lock(),
-            "queues": [queue.Queue(self.queue_size) for _ in range(n)],  # queues[k]: into stage k
+            "queues": [queue.Queue(self.queue_size) for _ in range(n)],  # queues[w]: into worker w
             "out": queue.Queue(),  # unbounded: one small list per batch
             "ready": [threading.Event() for _ in range(n)],
             "fed": collections.deque(),  # the batches in flight, for with_batch
@@ -401,8 +438,8 @@ class PipelineRunner:
         caller_threads = torch.get_num_threads()
         threads = [threading.Thread(target=self._feed, args=(state, batches, limit), name="pipeline-input",
                                     daemon=True)]
-        threads += [threading.Thread(target=self._work, args=(state, k), name=f"pipeline-stage{k}", daemon=True)
-                    for k in range(n)]
+        threads += [threading.Thread(target=self._work, args=(state, w), name=f"pipeline-worker{w}", daemon=True)
+                    for w in range(n)]
         state["threads"] = threads
         self._active = state
         try:
@@ -457,54 +494,64 @@ class PipelineRunner:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             _fail(state, -1, exc)
 
-    def _work(self, state: dict, k: int) -> None:
+    def _work(self, state: dict, w: int) -> None:
+        current = [self.workers[w][0]]  # the stage being run, to name it on failure
         try:
-            device, stream = self.devices[k], self.streams[k]
-            _set_threads(self.threads[k])
-            state["ready"][k].set()
+            device, stream = self.devices[current[0]], self.streams[w]
+            _set_threads(self.threads[w])
+            state["ready"][w].set()
             if stream is not None:
                 torch.cuda.set_device(device)
                 with torch.cuda.stream(stream):
-                    self._loop(state, k)
+                    self._loop(state, w, current)
             else:
-                self._loop(state, k)
+                self._loop(state, w, current)
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            _fail(state, k, exc)
+            _fail(state, current[0], exc)
         finally:
-            state["ready"][k].set()
+            state["ready"][w].set()
 
-    def _loop(self, state: dict, k: int) -> None:
-        stage, stream = self.stages[k], self.streams[k]
-        last = k == len(self.stages) - 1
-        inbox = state["queues"][k]
-        outbox = state["out"] if last else state["queues"][k + 1]
+    def _loop(self, state: dict, w: int, current: list[int]) -> None:
+        """Worker w: per batch, each of its stages in turn does forward -> local loss -> hand the detached
+        carry on (to the next worker through its queue, or straight to its own next stage) -> update."""
+        stages = self.workers[w]
+        last_worker = w == len(self.workers) - 1
+        inbox = state["queues"][w]
+        outbox = state["out"] if last_worker else state["queues"][w + 1]
         with torch.enable_grad():
             while True:
                 item = _get(state, inbox, worker=True)
                 if item is _END:
                     _put(state, outbox, _END)
                     return
-                _receive(item.event, stream, _tensors(item.carry, item.labels))
-                with self.context():
-                    out = stage(item.carry, item.labels)
-                loss = out.loss
-                if loss is None:
-                    raise RuntimeError("the stage returned no loss (a training pipeline needs a local loss "
-                                       "in every stage)")
-                value = float(loss.detach())
-                finite = math.isfinite(value)
-                values = item.values + [value if finite else math.nan]
-                if not last:  # hand on first, so the next stage starts while this one updates
-                    carry = out.carry.detach() if self.decoupled else out.carry
-                    carry, labels, event = _handoff(carry, item.labels, self.devices[k + 1])
-                    _put(state, outbox, _Item(item.index, carry, labels, values, event))
-                del out, item
-                if finite:
-                    self.update(k, loss)
-                del loss
-                if last:
+                _receive(item.event, self.streams[w], _tensors(item.carry, item.labels))
+                index, carry, labels, values = item.index, item.carry, item.labels, item.values
+                del item
+                for k in stages:
+                    current[0] = k
+                    with self.context():
+                        out = self.stages[k](carry, labels)
+                    loss = out.loss
+                    if loss is None:
+                        raise RuntimeError("the stage returned no loss (a training pipeline needs a local loss "
+                                           "in every stage)")
+                    value = float(loss.detach())
+                    finite = math.isfinite(value)
+                    values = values + [value if finite else math.nan]
+                    if k < len(self.stages) - 1:  # hand on first, so the next stage starts while this one updates
+                        nxt = out.carry.detach() if self.decoupled else out.carry
+                        if k == stages[-1]:
+                            nxt, nxt_labels, event = _handoff(nxt, labels, self.devices[k + 1])
+                            _put(state, outbox, _Item(index, nxt, nxt_labels, values, event))
+                        else:  # the worker's own next stage, on the same device
+                            carry = nxt
+                    del out
+                    if finite:
+                        self.update(k, loss)
+                    del loss
+                if last_worker:
                     _put(state, outbox, values)
 
 

@@ -41,7 +41,7 @@ from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .evaluation import classification_metrics, collect, detailed_report, layerwise
 from .model import StagedClassifier, count_parameters
-from .pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages
+from .pipeline import GPipeBP, PipelineRunner, assign_devices, assign_workers, place_stages
 from .models import load_word_vectors
 from .tokenization import build_tokenizer, save_tokenizer
 
@@ -173,8 +173,9 @@ class Trainer:
                 if k in self.optimizer_of:
                     self._update(self.optimizer_of[k], [k], loss)
 
+            workers = assign_workers(t.devices, len(self.model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
             self.runner = PipelineRunner(self.model.stages, devices, update, queue_size=t.queue_size,
-                                         threads_per_stage=t.threads_per_stage, move_stages=False)
+                                         threads_per_stage=t.threads_per_stage, move_stages=False, workers=workers)
         else:
             stage = self.model.stages[0]
             devices = assign_devices(t.devices, len(stage.groups))
@@ -183,7 +184,11 @@ class Trainer:
             first = devices[0]
             stage.register_forward_pre_hook(  # evaluation feeds the first partition's device
                 lambda module, args, kwargs: ((args[0].to(first), *args[1:]), kwargs), with_kwargs=True)
-        log.info("pipeline: %s on %s", "stages" if self.runner else "bp partitions", [str(d) for d in devices])
+        if self.runner:
+            log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices],
+                     self.runner.workers)
+        else:
+            log.info("pipeline: bp partitions on %s", [str(d) for d in devices])
 
     # ------------------------------------------------------------------ training
     def _clip(self, stage_ids: list[int]) -> None:

@@ -14,8 +14,8 @@ from torch import nn
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
 from nlp_decouple.model import StagedClassifier
-from nlp_decouple.pipeline import (GPipeBP, PipelineError, PipelineRunner, _spread, assign_devices, place_stages,
-                                   run_placed)
+from nlp_decouple.pipeline import (GPipeBP, PipelineError, PipelineRunner, _spread, assign_devices, assign_workers,
+                                   place_stages, run_placed)
 
 VOCAB, PAD, CLASSES, MAXLEN = 40, 0, 4, 12
 CPU = torch.device("cpu")
@@ -123,6 +123,44 @@ def test_pipelined_equals_sequential(case):
         assert any(not torch.equal(p, q) for p, q in zip(stage.parameters(), start.parameters())), k
 
 
+@pytest.mark.parametrize("workers", [[[0, 1], [2]], [[0], [1, 2]], [[0, 1, 2]]])
+@pytest.mark.parametrize("case", ["scpl-lstm", "al-lstm", "deinforeg-transformer"])
+def test_stages_sharing_a_worker_train_as_sequentially(case, workers):
+    method, encoder, *extra = CASES[case]
+    reference = build(method, encoder, *extra)
+    model = copy.deepcopy(reference)
+    batches = make_batches()
+    expected = sequential(reference, batches)
+    seen: dict[int, str] = {}
+    step = make_update(model, optimizers(model))
+
+    def update(k, loss):
+        seen.setdefault(k, threading.current_thread().name)
+        step(k, loss)
+
+    with PipelineRunner(list(model.stages), [CPU] * 3, update, threads_per_stage=1, workers=workers) as runner:
+        assert runner.threads == [1] * len(workers)
+        got = list(runner.run(batches))
+    assert got == expected
+    assert_same_weights(model, reference)
+    assert seen == {k: f"pipeline-worker{w}" for w, ks in enumerate(workers) for k in ks}
+
+
+def test_assign_workers():
+    assert assign_workers(["cpu", "cpu"], 5) == [[0, 1, 2], [3, 4]]  # the blocks assign_devices uses
+    assert [assign_devices(["cpu", "cpu"], 5)[k] for k in (0, 4)] == [CPU, CPU]
+    assert assign_workers(["cpu", "cpu", "cpu"], 4) == [[0, 1], [2], [3]]
+    assert assign_workers(["cpu", "cpu"], 2) == [[0], [1]]
+    assert assign_workers(["cpu"] * 4, 2) == [[0], [1]]
+    assert assign_workers("cpu", 3) == [[0], [1], [2]]  # one device named: a worker per stage
+    if not torch.cuda.is_available():
+        assert assign_workers("auto", 3) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="contiguous"):
+        PipelineRunner(list(build("scpl", "lstm").stages), [CPU] * 3, lambda k, loss: None, workers=[[0, 2], [1]])
+    with pytest.raises(ValueError, match="contiguous"):
+        PipelineRunner(list(build("scpl", "lstm").stages), [CPU] * 3, lambda k, loss: None, workers=[[0, 1]])
+
+
 def test_equal_with_two_threads_per_stage_and_queue_of_one():
     torch.set_num_threads(2)
     reference = build("scpl", "lstm", "model.groups=[1,2]")
@@ -152,7 +190,7 @@ def test_each_stage_gets_a_detached_carry_in_its_own_thread():
         list(runner.run(make_batches(2)))
     # stage 0 is the embedding block; stage 1's LSTM hands its final (h, c) to stage 2
     for k, has_state in ((1, False), (2, True)):
-        assert stages[k].seen == [(f"pipeline-stage{k}", False, ["al_t"], has_state)] * 2
+        assert stages[k].seen == [(f"pipeline-worker{k}", False, ["al_t"], has_state)] * 2
 
 
 def test_a_different_order_gives_different_weights():

@@ -26,11 +26,19 @@ def test_pipelined_training_equals_sequential(tmp_path, method, encoder):
     torch.set_num_threads(1)
     common = [f"method.name={method}", f"model.encoder={encoder}"]
     seq_w, seq_r = _fit(tmp_path, "seq", *common)
-    pipe_w, pipe_r = _fit(tmp_path, "pipe", *common, "train.pipeline=true", "train.devices=[cpu,cpu,cpu]")
+    # 3 stages; the LSTM runs on 2 listed CPUs, so stages 0 and 1 share a worker thread
+    devices = "train.devices=[cpu,cpu]" if encoder == "lstm" else "train.devices=[cpu,cpu,cpu]"
+    pipe_w, pipe_r = _fit(tmp_path, "pipe", *common, "train.pipeline=true", devices)
     for key in seq_w:
         assert torch.equal(seq_w[key], pipe_w[key]), key
     assert pipe_r["steps"] == seq_r["steps"]
     assert pipe_r["test_accuracy"] == seq_r["test_accuracy"]
+
+
+def test_a_worker_per_listed_device(tmp_path):
+    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "method.name=scpl",
+                                                  "model.num_layers=3", "train.pipeline=true", "train.devices=[cpu,cpu]"])
+    assert Trainer(cfg).runner.workers == [[0, 1], [2, 3]]  # 4 stages, 2 threads
 
 
 def test_pipelined_bp_matches_bp_up_to_float_rounding(tmp_path):
