@@ -50,8 +50,10 @@ start as early as possible; the carry was detached, so stage k's backward and st
 CUDA: each stage runs on its own ``torch.cuda.Stream``. The producer copies the carry to the next
 device on its own stream (``non_blocking``) and records an event; the consumer makes its stream wait
 for that event and marks the tensors with ``record_stream`` so the caching allocator does not reuse
-them early. CPU: plain threads; PyTorch releases the GIL inside its kernels, so stages overlap as far
-as the Python overhead per op allows (small models gain little; see benchmarks/pipeline_throughput.py).
+them early. CPU: plain threads; PyTorch releases the GIL inside its kernels, so workers overlap as far
+as the Python overhead per op allows. Against BP on the same cores the pipeline gains where BP cannot
+use the cores by itself (small matrices) and loses where intra-op threading already does; the stages
+must cost about the same (see benchmarks/pipeline_throughput.py and docs/benchmarks.md).
 ``torch.set_num_threads`` is per thread with the OpenMP backend (each thread keeps its own OpenMP
 thread count once initialised), so each CPU stage gets its own intra-op budget (``threads_per_stage``;
 default: the caller's threads split evenly over the CPU stages, at least 1).
