@@ -133,7 +133,9 @@ class Trainer:
         trainable = [k for k, params in enumerate(param_groups) if params]  # e.g. a frozen embedding is not
         if not trainable:
             raise UserError("nothing to train: every parameter is frozen; set model.freeze_embeddings=false")
-        make_opt = lambda groups: torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)  # noqa: E731
+        # foreach: one multi-tensor kernel per step instead of a Python loop over parameters (on the CPU
+        # torch's default is the loop); pipeline workers share the GIL, so per-op Python overhead counts
+        make_opt = lambda groups: torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, foreach=True)  # noqa: E731
         if per_group:  # one optimizer per stage: each can step as soon as its loss is ready
             optimizers = [make_opt(param_groups[k]) for k in trainable]
             self.optimizer_of = {k: i for i, k in enumerate(trainable)}
