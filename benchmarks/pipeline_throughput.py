@@ -1,7 +1,7 @@
 """Training throughput (samples/s): sequential per-group SCPL vs pipelined SCPL vs BP.
 
 An LSTM or Transformer (``--encoder``) cut into layer groups (default: embedding + 2 blocks in 2 groups),
-random token ids, AdamW. ``--layers`` and ``--batch-size`` take several values: every combination is
+random token ids, AdamW (multi-tensor, as the trainer). ``--layers`` and ``--batch-size`` take several values: every combination is
 measured, each with its own BP baseline, and the ratios to BP are computed within a combination. Modes,
 each on a fresh copy of the same initial model:
 
@@ -85,7 +85,7 @@ def build(args, method: str, layers: int) -> StagedClassifier:
 
 
 def updater(model: StagedClassifier, lr: float):
-    opts = [torch.optim.AdamW(stage.parameters(), lr=lr) for stage in model.stages]
+    opts = [torch.optim.AdamW(stage.parameters(), lr=lr, foreach=True) for stage in model.stages]  # as the trainer
 
     def update(k: int, loss: torch.Tensor) -> None:
         loss.backward()
@@ -127,7 +127,7 @@ def run_pipeline(model: StagedClassifier, devices, batches, lr: float, queue_siz
 def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batches: int,
               threads: int | None) -> list[list[float]]:
     gpipe = GPipeBP(model.stages[0], devices, micro_batches=micro_batches, threads_per_partition=threads)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)
     rows = []
     for batch in batches:
         rows.append([gpipe.forward_backward(batch)])
