@@ -346,7 +346,7 @@ def validate(cfg: Config) -> None:
     _check(meth.projection_dim is None or meth.projection_dim > 0, "method.projection_dim must be positive")
     _check(meth.projection != "identity" or meth.projection_dim is None,
            "method.projection=identity keeps the pooled size: unset method.projection_dim or use "
-           "method.projection=linear|mlp")
+           "method.projection=linear|mlp|mlp_bn")
     _check(meth.ce_weight >= 0, f"method.ce_weight: {meth.ce_weight} must be >= 0")
     _check(len(meth.inforeg_weights) == 3 and all(w >= 0 for w in meth.inforeg_weights),
            "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")
