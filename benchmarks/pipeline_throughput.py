@@ -1,9 +1,9 @@
 """Training throughput (samples/s): sequential per-group SCPL vs pipelined SCPL vs BP.
 
 An LSTM or Transformer (``--encoder``) cut into layer groups (default: embedding + 2 blocks in 2 groups),
-random token ids, AdamW (multi-tensor, as the trainer). ``--layers`` and ``--batch-size`` take several values: every combination is
-measured, each with its own BP baseline, and the ratios to BP are computed within a combination. Modes,
-each on a fresh copy of the same initial model:
+random token ids, AdamW (multi-tensor, as the trainer). ``--layers`` and ``--batch-size`` take several
+values: every combination is measured, each with its own BP baseline, and the ratios to BP are computed
+within a combination. Modes, each on a fresh copy of the same initial model:
 
 - ``bp``: one stage, one backward through everything (train.method=bp);
 - ``bp_1thread`` (not in the default ``--modes``): the same on one intra-op thread, to show how much of

@@ -111,12 +111,21 @@ def _parse_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def _spread(devices: list[torch.device], num_stages: int) -> list[torch.device]:
-    """Contiguous, balanced: stage k on devices[k * n // num_stages] (fewest cross-device hand-offs)."""
-    n = len(devices)
+def _is_auto(spec) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto")
+
+
+def _slots(n: int, num_stages: int) -> list[int]:
+    """Slot of each stage among n slots: contiguous and balanced, stage k in slot k * n // num_stages
+    (fewest cross-slot hand-offs); with at least as many slots as stages, stage k in slot k."""
     if n >= num_stages:
-        return devices[:num_stages]
-    return [devices[k * n // num_stages] for k in range(num_stages)]
+        return list(range(num_stages))
+    return [k * n // num_stages for k in range(num_stages)]
+
+
+def _spread(devices: list[torch.device], num_stages: int) -> list[torch.device]:
+    """The stages over ``devices`` in contiguous, balanced blocks (see :func:`_slots`)."""
+    return [devices[slot] for slot in _slots(len(devices), num_stages)]
 
 
 def assign_devices(spec: str | Sequence[str | torch.device] | torch.device | None,
@@ -131,7 +140,7 @@ def assign_devices(spec: str | Sequence[str | torch.device] | torch.device | Non
     Raises :class:`UserError` for unknown or invisible devices."""
     if num_stages < 1:
         raise ValueError("num_stages must be >= 1")
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+    if _is_auto(spec):
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
             pool = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
         else:
@@ -160,15 +169,15 @@ def assign_workers(spec: str | Sequence[str | torch.device] | torch.device | Non
     or at least as many entries as stages) each stage has its own worker."""
     if isinstance(spec, (list, tuple)):
         slots = len(spec)
-    elif (spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto")) and torch.cuda.is_available():
+    elif _is_auto(spec) and torch.cuda.is_available():
         slots = torch.cuda.device_count()
     else:
         slots = num_stages
-    if slots <= 0 or slots >= num_stages:
-        return [[k] for k in range(num_stages)]
-    workers: list[list[int]] = [[] for _ in range(slots)]
-    for k in range(num_stages):
-        workers[k * slots // num_stages].append(k)
+    workers: list[list[int]] = []
+    for k, slot in enumerate(_slots(slots or num_stages, num_stages)):  # the blocks _spread places
+        if slot == len(workers):
+            workers.append([])
+        workers[slot].append(k)
     return workers
 
 
