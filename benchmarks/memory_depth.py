@@ -27,7 +27,7 @@ def measure(encoder: str, method: str, depth: int, batch: int, length: int, hidd
     import torch
 
     from nlp_decouple.config import load_config
-    from nlp_decouple.model import StagedClassifier
+    from nlp_decouple.classifier import StagedClassifier
 
     torch.manual_seed(0)
     cfg = load_config(None, [f"model.encoder={encoder}", f"model.num_layers={depth}", f"model.hidden_size={hidden}",

@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nlp_decouple.config import group_sizes, load_config  # noqa: E402
-from nlp_decouple.model import StagedClassifier  # noqa: E402
+from nlp_decouple.classifier import StagedClassifier  # noqa: E402
 from nlp_decouple.pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages, thread_budget  # noqa: E402
 
 

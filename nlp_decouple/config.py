@@ -16,11 +16,12 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import UserError
+from .registry import DATASETS, METHODS, known_names
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # registry name (see nlp_decouple.data.registry) or "custom"
+    name: str = "synthetic"  # registry name (see nlp_decouple.registry) or "custom"
     path: str | None = None  # local copy: Hub-layout folder, save_to_disk folder, or CSV/JSON/parquet file(s)
     test_path: str | None = None  # optional separate test file when `path` is a single file
     text_fields: list[str] | None = None  # columns joined with a space; default from the registry
@@ -68,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["bp", "scpl", "early_exit", "deinforeg", "al"] = "bp"
+    name: Literal[tuple(METHODS)] = "bp"  # see nlp_decouple.registry
     backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
     temperature: float = 0.1
     projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
@@ -83,6 +84,7 @@ class MethodConfig:
     al_detach_target: bool = False  # AL: bridge target t.detach() (later code); default ICLR form
     al_assoc_weight: float = 1.0
     al_ae_weight: float = 1.0
+    gather_features: bool | None = None  # SupCon over every process's batch; None: on when several processes
 
 
 @dataclass
@@ -119,6 +121,7 @@ class EvalConfig:
     every_group: bool = True  # layer-wise accuracies each epoch (exits or linear probes)
     probe_samples: int = 2000  # training texts used to fit each linear probe
     probe_max_iter: int = 500
+    test: bool = True  # score the test split each epoch; false while tuning (test is never looked at)
 
 
 @dataclass
@@ -314,10 +317,8 @@ def validate(cfg: Config) -> None:
            "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
     _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
     _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
-    from .data.registry import REGISTRY, known_names  # no heavy imports: a plain table
-
     close = difflib.get_close_matches(d.name, known_names(), n=1)
-    _check(d.name in REGISTRY or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
+    _check(d.name in DATASETS or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
            + (f" (did you mean {close[0]!r}?)" if close else "") + f"; use one of {', '.join(known_names())}")
     tok = cfg.tokenizer
     _check(not (tok.name and tok.train), f"tokenizer.name={tok.name!r} and tokenizer.train={tok.train!r} "

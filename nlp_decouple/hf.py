@@ -23,11 +23,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import Config, MethodConfig, ModelConfig, _build
 from .errors import UserError
-from .model import StagedClassifier
+from .registry import METHODS
+from .classifier import StagedClassifier
 from .models.blocks import EmbeddingBlock, sinusoidal_table
-
-
-EXIT_METHODS = ("early_exit", "deinforeg", "al")  # methods with a classifier (or AL shortcut) per group
 
 
 class DecoupledTextConfig(PretrainedConfig):
@@ -136,7 +134,7 @@ class DecoupledForSequenceClassification(PreTrainedModel):
     @property
     def has_early_exits(self) -> bool:
         """Whether the method has exits before the last group (early_exit, deinforeg, al)."""
-        return len(self.exit_groups) > 1 and self.config.method.get("name") in EXIT_METHODS
+        return len(self.exit_groups) > 1 and METHODS[self.config.method["name"]].has_exits
 
 
 def save_model_dir(model: DecoupledForSequenceClassification, tokenizer: PreTrainedTokenizerBase,

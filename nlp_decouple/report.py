@@ -1,6 +1,6 @@
 """Build a comparison report from finished runs:
 
-    python -m nlp_decouple.report RUN_DIR... --out reports/agnews
+    nlp-decouple report RUN_DIR... --out reports/agnews   (the command: nlp_decouple.cli.report)
 
 Runs are grouped by (encoder, method); each group's seeds give mean ± std. Writes ``report.md`` (table with
 the best value per column in bold, settings, plots inline), ``report.json`` (everything in the table, and
@@ -9,10 +9,8 @@ confusion matrices of each method's best run (chosen on validation accuracy).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .errors import UserError, cli_entry
+from .errors import UserError
+from .registry import METHODS, method_order
 
-METHOD_ORDER = ["bp", "scpl", "early_exit", "deinforeg", "al"]
-METHOD_NAMES = {"bp": "BP", "scpl": "SCPL", "early_exit": "Early Exit", "deinforeg": "DeInfoReg", "al": "AL"}
 # settings shown in the report when every run shares them
 SETTINGS = ["data.name", "data.path", "tokenizer.name", "tokenizer.train", "model.encoder", "model.num_layers",
             "model.hidden_size", "model.num_heads", "model.norm", "model.pooling", "model.lstm_pooling", "model.groups",
@@ -68,15 +65,11 @@ def load_run(path: Path) -> Run:
 def group_runs(runs: list[Run]) -> list[Group]:
     encoders = {r.key[0] for r in runs}
     groups: dict[tuple[str, str], Group] = {}
-    for run in sorted(runs, key=lambda r: (r.key[0], _order(r.key[1]), r.results["seed"])):
+    for run in sorted(runs, key=lambda r: (r.key[0], method_order(r.key[1]), r.results["seed"])):
         encoder, method = run.key
-        label = METHOD_NAMES.get(method, method) + (f" ({encoder})" if len(encoders) > 1 else "")
+        label = (METHODS[method].display if method in METHODS else method) + (f" ({encoder})" if len(encoders) > 1 else "")
         groups.setdefault(run.key, Group(label)).runs.append(run)
     return list(groups.values())
-
-
-def _order(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -327,25 +320,3 @@ def build_report(run_dirs: list[Path], out: Path, title: str = "Decoupled vs BP:
                   "num_parameters")}} for r in runs]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nlp_decouple.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories (with results.json)")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="report directory (default: ./report)")
-    parser.add_argument("--title", default="Decoupled vs BP: comparison report")
-    return parser.parse_args(argv)
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = build_report(args.runs, args.out, args.title)
-    print((args.out / "report.md").read_text())
-    print(f"report: {args.out / 'report.md'} ({len(report['runs'])} runs, {len(report['plots'])} plots)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import accelerate
 import datasets
@@ -32,15 +33,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from .checkpoint import complete_checkpoints, find_resume_point, load_checkpoint, save_checkpoint
 from .config import Config, group_sizes, save_config
 from .data import load_text_data, make_collator, tokenize_splits
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
-from .evaluation import classification_metrics, collect, detailed_report, layerwise
-from .model import StagedClassifier, count_parameters
+from .metrics import classification_metrics, collect, detailed_report, layerwise
+from .classifier import StagedClassifier, count_parameters
+from .optim import build_optimization
 from .pipeline import GPipeBP, PipelineRunner, assign_devices, assign_workers, place_stages
 from .models import load_word_vectors
 from .tokenization import build_tokenizer, save_tokenizer
@@ -113,7 +114,8 @@ class Trainer:
             split, batch_size=bs, shuffle=shuffle, collate_fn=collator, num_workers=cfg.data.num_workers,
             generator=self.shuffle_generator if shuffle else None)
         self.train_loader = loader(tokenized["train"], t.batch_size, shuffle=True)
-        self.eval_loaders = {name: loader(tokenized[name], t.eval_batch_size) for name in ("validation", "test")}
+        splits = ("validation", "test") if cfg.eval.test else ("validation",)  # tuning never reads test
+        self.eval_loaders = {name: loader(tokenized[name], t.eval_batch_size) for name in splits}
         probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
         self.probe_loader = loader(tokenized["train"].select(range(probe_n)), t.eval_batch_size)
 
@@ -129,30 +131,15 @@ class Trainer:
             self.model.embedding.weight.requires_grad_(False)
         t = cfg.train
         per_group = self.model.decoupled and cfg.method.backward == "per_group"
-        param_groups = [[p for p in stage.parameters() if p.requires_grad] for stage in self.model.stages]
-        trainable = [k for k, params in enumerate(param_groups) if params]  # e.g. a frozen embedding is not
-        if not trainable:
-            raise UserError("nothing to train: every parameter is frozen; set model.freeze_embeddings=false")
-        # foreach: one multi-tensor kernel per step instead of a Python loop over parameters (on the CPU
-        # torch's default is the loop); pipeline workers share the GIL, so per-op Python overhead counts
-        make_opt = lambda groups: torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, foreach=True)  # noqa: E731
-        if per_group:  # one optimizer per stage: each can step as soon as its loss is ready
-            optimizers = [make_opt(param_groups[k]) for k in trainable]
-            self.optimizer_of = {k: i for i, k in enumerate(trainable)}
-        else:  # one optimizer, a parameter group per stage (one loss-scaler update per step under fp16)
-            optimizers = [make_opt([{"params": param_groups[k]} for k in trainable])]
-            self.optimizer_of = {k: 0 for k in trainable}
-        steps_per_epoch = math.ceil(len(self.train_loader) / acc.num_processes)
-        total = t.max_steps or steps_per_epoch * t.epochs
-        # a warm-up needs a schedule that has one: "constant" becomes constant-after-warm-up
-        schedule = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
-        schedulers = [get_scheduler(schedule, opt, num_warmup_steps=int(t.warmup_ratio * total),
-                                    num_training_steps=total) for opt in optimizers]
+        # the loader is sharded after prepare(): each process makes ceil(len / num_processes) updates an epoch
+        opt = build_optimization(list(self.model.stages), t, per_group,
+                                 math.ceil(len(self.train_loader) / acc.num_processes))
+        self.optimizer_of = opt.optimizer_of
         # every trainable stage prepared on its own: a DDP wrapper per stage, one backward per wrapper per step
         self.train_stages = [acc.prepare(stage) if k in self.optimizer_of else stage.to(acc.device)
                              for k, stage in enumerate(self.model.stages)]
-        self.optimizers = [acc.prepare(opt) for opt in optimizers]
-        self.schedulers = [acc.prepare(s) for s in schedulers]
+        self.optimizers = [acc.prepare(o) for o in opt.optimizers]
+        self.schedulers = opt.schedulers  # not prepared: see nlp_decouple.optim
         self.train_loader = acc.prepare(self.train_loader)
         self.eval_loaders = {k: acc.prepare(v) for k, v in self.eval_loaders.items()}
         self.probe_loader = acc.prepare(self.probe_loader)
@@ -287,7 +274,7 @@ class Trainer:
                 for name, loader in self.eval_loaders.items()}
         result = {name: classification_metrics(o.labels, o.final_logits) for name, o in outs.items()}
         if every_group:
-            needs_probe = len(outs["test"].exit_logits) < len(outs["test"].pooled)
+            needs_probe = len(outs["validation"].exit_logits) < len(outs["validation"].pooled)
             probe_train = collect(self.model, self.probe_loader, acc, return_pooled=True) if needs_probe else None
             result["groups"] = layerwise(probe_train, outs, cfg.eval.probe_max_iter, cfg.train.seed)
         result["_outputs"] = outs
@@ -330,7 +317,9 @@ class Trainer:
         # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks
         torch.manual_seed(self.cfg.train.seed * 1_000_003 + step * 1009 + self.accelerator.process_index)
 
-    def fit(self) -> dict:
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train; ``on_epoch(row)`` is called on every process after each epoch's evaluation with that
+        epoch's metrics row (e.g. an Optuna pruner; an exception it raises ends training there)."""
         cfg, acc = self.cfg, self.accelerator
         t = cfg.train
         if t.log_with:
@@ -381,6 +370,8 @@ class Trainer:
             epoch_time = time.perf_counter() - start
             p["train_time"] += epoch_time
             self._end_epoch(p, epoch_time, metrics_path)
+            if on_epoch is not None:
+                on_epoch(p["history"][-1])
             p["epoch"] += 1
             p["batches_done"] = 0
             p["epoch_losses"] = []
@@ -403,7 +394,7 @@ class Trainer:
         outs = evaluation.pop("_outputs")
         losses = np.nanmean(np.asarray(p["epoch_losses"], dtype=float), axis=0).tolist() if p["epoch_losses"] else []
         row = {"epoch": epoch, "step": p["step"], "train_loss": losses, "epoch_time_s": epoch_time,
-               "validation": evaluation["validation"], "test": evaluation["test"]}
+               "validation": evaluation["validation"], "test": evaluation.get("test")}
         if "groups" in evaluation:
             row["groups"] = evaluation["groups"]
         p["history"].append(row)
@@ -411,16 +402,24 @@ class Trainer:
         improved = p["best"] is None or val_acc > p["best"]["validation"]["accuracy"]
         if improved:
             p["best"] = row
-            p["best_report"] = detailed_report(outs["test"].labels, outs["test"].final_logits, self.data.label_names)
+            p["best_report"] = (detailed_report(outs["test"].labels, outs["test"].final_logits, self.data.label_names)
+                                if "test" in outs else {})
         if acc.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            log.info("epoch %d: val acc %.4f, test acc %.4f (%.1fs)%s", epoch, val_acc,
-                     evaluation["test"]["accuracy"], epoch_time, "  * best" if improved else "")
+            test_text = f", test acc {evaluation['test']['accuracy']:.4f}" if "test" in evaluation else ""
+            log.info("epoch %d: val acc %.4f%s (%.1fs)%s", epoch, val_acc, test_text, epoch_time,
+                     "  * best" if improved else "")
             if improved:
                 self._save_weights("best")
+                if "test" in outs:  # per-example predictions: paired comparisons between runs (report)
+                    test = outs["test"]
+                    (self.run_dir / "test_predictions.json").write_text(json.dumps(
+                        {"epoch": epoch, "labels": test.labels.tolist(),
+                         "predictions": test.final_logits.argmax(-1).tolist()}))
         if t.log_with:
-            acc.log({"val/accuracy": val_acc, "test/accuracy": evaluation["test"]["accuracy"]}, step=p["step"])
+            acc.log({"val/accuracy": val_acc, **({"test/accuracy": evaluation["test"]["accuracy"]}
+                                                 if "test" in evaluation else {})}, step=p["step"])
 
     def _results(self, p: dict) -> dict:
         cfg, acc = self.cfg, self.accelerator
@@ -429,9 +428,9 @@ class Trainer:
         return {
             "best_epoch": best["epoch"],
             "validation_accuracy": best["validation"]["accuracy"],
-            "test_accuracy": best["test"]["accuracy"],
-            "test_macro_f1": best["test"]["macro_f1"],
-            "last_epoch_test_accuracy": history[-1]["test"]["accuracy"],
+            "test_accuracy": best["test"]["accuracy"] if best["test"] else None,
+            "test_macro_f1": best["test"]["macro_f1"] if best["test"] else None,
+            "last_epoch_test_accuracy": history[-1]["test"]["accuracy"] if history[-1]["test"] else None,
             "groups_at_best_epoch": best.get("groups"),
             **p["best_report"],
             "label_names": self.data.label_names,

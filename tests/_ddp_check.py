@@ -12,7 +12,7 @@ import torch.distributed as dist
 from accelerate import debug_launcher
 
 from nlp_decouple.config import load_config
-from nlp_decouple.evaluation import collect
+from nlp_decouple.metrics import collect
 
 OVERRIDES = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "model.num_layers=2",
              "data.synthetic_train_size=300", "data.synthetic_test_size=61", "train.batch_size=16",

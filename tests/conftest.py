@@ -67,7 +67,7 @@ SWEEP_OVERRIDES = ["train.epochs=2", "data.synthetic_train_size=400", "data.synt
 
 
 def run_sweep(out: Path, methods=SWEEP_METHODS, seeds=SWEEP_SEEDS, extra=()) -> None:
-    from nlp_decouple.compare import main
+    from nlp_decouple.cli.compare import main
 
     assert main([str(REPO / "recipes" / "quickstart.yaml"), f"methods={','.join(methods)}",
                  f"seeds={','.join(map(str, seeds))}", *SWEEP_OVERRIDES, *extra, "--out", str(out), "--jobs", "2"]) == 0

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from nlp_decouple.config import load_config
 from nlp_decouple.hf import DecoupledForSequenceClassification
-from nlp_decouple.model import StagedClassifier
+from nlp_decouple.classifier import StagedClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB, PAD, CLASSES, MAXLEN = 40, 0, 3, 20

@@ -13,7 +13,7 @@ from torch import nn
 
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
-from nlp_decouple.model import StagedClassifier
+from nlp_decouple.classifier import StagedClassifier
 from nlp_decouple.pipeline import (GPipeBP, PipelineError, PipelineRunner, _spread, assign_devices, assign_workers,
                                    place_stages, run_placed)
 

@@ -5,7 +5,7 @@ from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .loading import TextData, load_text_data
-from .registry import REGISTRY, DatasetSpec, known_names
+from ..registry import DATASETS, DatasetSpec, known_names
 from .synthetic import make_synthetic
 
 
@@ -22,5 +22,5 @@ def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding
     return DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
 
 
-__all__ = ["REGISTRY", "DatasetSpec", "TextData", "known_names", "load_text_data", "make_synthetic",
+__all__ = ["DATASETS", "DatasetSpec", "TextData", "known_names", "load_text_data", "make_synthetic",
            "tokenize_splits", "make_collator"]

@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataConfig
 from ..errors import UserError
-from .registry import REGISTRY, DatasetSpec, known_names
+from ..registry import DATASETS, DatasetSpec, known_names
 from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,10 @@ class TextData:
 def _spec(cfg: DataConfig) -> DatasetSpec:
     if cfg.name == "custom":
         return DatasetSpec(None, ("text",), "label", (), 128)
-    if cfg.name not in REGISTRY:
+    if cfg.name not in DATASETS:
         raise UserError(f"unknown dataset {cfg.name!r}: use one of {', '.join(known_names())} "
                         "(custom needs data.path)")
-    return REGISTRY[cfg.name]
+    return DATASETS[cfg.name]
 
 
 def _load_files(path: Path, test_path: str | None) -> DatasetDict:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..config import MethodConfig
+from ..registry import METHODS as REGISTERED
+from ..registry import MethodInfo
 from ..models import BlockGroup, EmbeddingBlock
 from .al import ALHead, ALStage, al_infer, build_al
 from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
@@ -16,10 +18,8 @@ from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, I
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    decoupled: bool
+    info: MethodInfo  # name, display name, decoupled, has exits: nlp_decouple.registry
     build: Callable[[MethodConfig, list[BlockGroup], int], list[Stage]]
-    summary: str
     # optional inference hook, applied by StagedClassifier.run when labels is None: (stages, outputs) ->
     # outputs, e.g. to fill each stage's logits from decoders that live in other stages (AL)
     infer: Callable[[Sequence[Stage], list[StageOutput]], list[StageOutput]] | None = None
@@ -57,15 +57,9 @@ def _deinforeg(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) ->
     return [Stage([g], head(k, g)) for k, g in enumerate(groups)]
 
 
-METHODS: dict[str, Method] = {
-    "bp": Method("bp", False, _bp, "end-to-end backpropagation through all groups"),
-    "scpl": Method("scpl", True, _scpl, "SupCon per group; classifier on the detached last group"),
-    "early_exit": Method("early_exit", True, _early_exit, "a classifier with cross-entropy per group"),
-    "deinforeg": Method("deinforeg", True, _deinforeg,
-                        "invariance/variance/covariance per group + 0.001 x cross-entropy"),
-    "al": Method("al", True, build_al, "associated learning: bridge + label autoencoder per group; "
-                 "inference decodes the label side down to layer 1", infer=al_infer),
-}
+_BUILDERS = {"bp": (_bp, None), "scpl": (_scpl, None), "early_exit": (_early_exit, None),
+             "deinforeg": (_deinforeg, None), "al": (build_al, al_infer)}
+METHODS: dict[str, Method] = {name: Method(info, *_BUILDERS[name]) for name, info in REGISTERED.items()}
 
 
 def get_method(name: str) -> Method:

@@ -9,7 +9,7 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from nlp_decouple.config import DataConfig
-from nlp_decouple.data import REGISTRY, known_names, load_text_data
+from nlp_decouple.data import DATASETS, known_names, load_text_data
 from nlp_decouple.errors import UserError
 
 from conftest import AG_NEWS, IMDB, RAW, need
@@ -55,7 +55,7 @@ def test_ag_news_hub_layout_folder():
     assert len(train) + len(val) == 6080
     assert len(test) == 1520
     assert len(val) == pytest.approx(608, abs=1)  # data.val_fraction = 0.1
-    assert data.max_length == REGISTRY["ag_news"].max_length
+    assert data.max_length == DATASETS["ag_news"].max_length
     assert data.stats["dropped_empty"] == {"train": 0, "test": 0}
     assert "test_carved_from_train" not in data.stats
     # validation is carved from train, stratified, and never overlaps it

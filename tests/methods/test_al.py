@@ -13,7 +13,7 @@ from methods.tiny import build as tiny_build
 from nlp_decouple.config import load_config
 from nlp_decouple.methods import METHODS, ALStage
 from nlp_decouple.methods.al import LABEL_KEY, associated_loss, autoencoder_loss
-from nlp_decouple.model import StagedClassifier
+from nlp_decouple.classifier import StagedClassifier
 from nlp_decouple.models import Carry
 
 LABEL_DIM = 8

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from methods.tiny import batch, build
-from nlp_decouple.model import StagedClassifier
+from nlp_decouple.classifier import StagedClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

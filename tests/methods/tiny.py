@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from nlp_decouple.config import load_config
-from nlp_decouple.model import StagedClassifier
+from nlp_decouple.classifier import StagedClassifier
 
 VOCAB, PAD, CLASSES, MAXLEN = 30, 0, 4, 16
 

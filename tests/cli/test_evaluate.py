@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nlp_decouple.evaluate import main
+from nlp_decouple.cli.evaluate import main
 
 
 def test_reevaluating_a_run_reproduces_its_reported_test_accuracy(tiny_sweep, capsys):

@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from .model import StagedClassifier
+from .classifier import StagedClassifier
 
 
 @dataclass

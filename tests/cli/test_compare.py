@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SWEEP_METHODS, SWEEP_OVERRIDES, SWEEP_SEEDS, run_sweep
-from nlp_decouple.compare import plan, split_sweep
+from nlp_decouple.cli.compare import plan, split_sweep
 from nlp_decouple.errors import UserError
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")

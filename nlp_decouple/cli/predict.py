@@ -1,7 +1,7 @@
 """Classify texts with a saved model:
 
-    python -m nlp_decouple.predict MODEL_DIR "first text" "second text"
-    python -m nlp_decouple.predict RUN_DIR --file texts.txt --exit-threshold 0.9 --json
+    nlp-decouple predict MODEL_DIR "first text" "second text"
+    nlp-decouple predict RUN_DIR --file texts.txt --exit-threshold 0.9 --json
 
 MODEL_DIR is a saved model (config.json + model.safetensors + tokenizer), or a run directory (its best
 model). With ``--exit-threshold`` (methods with exits: early_exit, deinforeg, al) a text is answered by the
@@ -14,12 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError, cli_entry
-from .logs import setup_console
+from ..errors import UserError, cli_entry
+from ..logs import setup_console
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nlp_decouple.predict", description=__doc__,
+    parser = argparse.ArgumentParser(prog="nlp-decouple predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="saved model directory, or a run directory (uses RUN_DIR/best)")
     parser.add_argument("texts", nargs="*", help="texts to classify")
@@ -40,7 +40,7 @@ def read_texts(args: argparse.Namespace) -> tuple[list[str], str]:
         path = Path(args.file)
         if not path.is_file():
             raise UserError(f"--file {args.file!r} not found")
-        from .inference import read_lines
+        from ..inference import read_lines
 
         return read_lines(path), f"--file {args.file}"
     return list(args.texts), "command line"
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     texts, source = read_texts(args)
-    from .inference import check_texts
+    from ..inference import check_texts
 
     check_texts(texts, source)
     setup_console(verbose=False)
-    from .inference import load_for_inference, predict_texts
+    from ..inference import load_for_inference, predict_texts
 
     model, tok = load_for_inference(args.model, args.device)
     probs, groups = predict_texts(model, tok, texts, args.batch_size, args.exit_threshold)

@@ -23,7 +23,7 @@ class StagedClassifier(nn.Module):
         blocks = build_blocks(cfg.model, vocab_size, pad_id, max_length)
         groups = cut_into_groups(blocks, group_sizes(cfg))
         method = get_method(cfg.method.name)
-        return cls(method.build(cfg.method, groups, num_classes), method.decoupled, method.infer)
+        return cls(method.build(cfg.method, groups, num_classes), method.info.decoupled, method.infer)
 
     @property
     def embedding(self) -> nn.Embedding:

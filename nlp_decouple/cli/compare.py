@@ -1,6 +1,6 @@
 """Train every method x seed on identical data, tokenizer, model size and budget, then write a report:
 
-    python -m nlp_decouple.compare recipes/agnews_transformer.yaml methods=bp,scpl,early_exit,al,deinforeg \\
+    nlp-decouple compare recipes/agnews_transformer.yaml methods=bp,scpl,early_exit,al,deinforeg \\
         seeds=0,1,2 train.epochs=5 model.hidden_size=64 [--out runs/compare-agnews] [--jobs 2]
 
 Each run gets its own directory ``OUT/<method>-seed<seed>`` and is a fresh ``python -m nlp_decouple.train``
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import load_config
-from .errors import UserError, cli_entry
-from .logs import setup_console
-from .methods import METHODS
+from ..config import load_config
+from ..errors import UserError, cli_entry
+from ..logs import setup_console
+from ..registry import METHODS
 
 
 @dataclass
@@ -41,7 +41,7 @@ class PlannedRun:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nlp_decouple.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="nlp-decouple compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="YAML recipe shared by every run")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -133,7 +133,7 @@ def run_subprocess(recipe: str, run: PlannedRun, launcher: str | None, threads: 
 
 def run_in_process(run: PlannedRun, recipe: str) -> None:
     """Data parallel under an outer launcher: every rank trains the same run together."""
-    from .trainer import Trainer
+    from ..trainer import Trainer
 
     overrides = [*run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
     Trainer(load_config(recipe, overrides)).fit()
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:  # the threads only wait on subprocesses
             list(pool.map(lambda r: run_subprocess(args.recipe, r, args.launcher, threads), todo))
     if rank0:
-        from .report import build_report
+        from ..report import build_report
 
         title = args.title or f"{Path(args.recipe).stem}: {', '.join(methods)} x seeds {','.join(map(str, seeds))}"
         build_report([r.run_dir for r in runs], out / "report", title)

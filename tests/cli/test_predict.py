@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nlp_decouple.errors import UserError
-from nlp_decouple.predict import main
+from nlp_decouple.cli.predict import main
 
 TEXTS = ["the team won the match", "the new phone has a fast chip", "a terrible game, the players lost"]
 

@@ -84,7 +84,7 @@ def test_cli_on_ag_news_writes_every_artifact(tmp_path, tiny_overrides):
     # the best model in Hugging Face form: config.json + model.safetensors + the tokenizer
     weights = load_file(str(run_dir / "best" / "model.safetensors"))
     from nlp_decouple.config import load_config
-    from nlp_decouple.model import StagedClassifier, count_parameters
+    from nlp_decouple.classifier import StagedClassifier, count_parameters
     cfg = load_config(run_dir / "config.yaml")
     model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, 4, 60)
     assert count_parameters(model) == results["num_parameters"]

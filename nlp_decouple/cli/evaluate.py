@@ -1,9 +1,9 @@
 """Evaluate saved runs, on their own test split or on other data:
 
-    python -m nlp_decouple.evaluate RUN_DIR...                            # the run's test split, again
-    python -m nlp_decouple.evaluate RUN_DIR... --split validation
-    python -m nlp_decouple.evaluate RUN_DIR... data.path=other.csv data.name=custom   # another dataset
-    python -m nlp_decouple.evaluate RUN_DIR... --texts texts.csv --out predictions.csv  # a CSV of texts
+    nlp-decouple evaluate RUN_DIR...                            # the run's test split, again
+    nlp-decouple evaluate RUN_DIR... --split validation
+    nlp-decouple evaluate RUN_DIR... data.path=other.csv data.name=custom   # another dataset
+    nlp-decouple evaluate RUN_DIR... --texts texts.csv --out predictions.csv  # a CSV of texts
 
 ``data.*`` overrides change the run's saved data section (same seed, so the same splits); a CSV of texts
 (``--texts``, column ``text``, optional ``label`` as a name or an index) is scored when it has labels and
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, cli_entry
-from .logs import setup_console
+from ..errors import UserError, cli_entry
+from ..logs import setup_console
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nlp_decouple.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="nlp-decouple evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="+", metavar="RUN_DIR | data.key=value",
                         help="run directories, then optional data.* overrides")
@@ -48,7 +48,7 @@ def read_text_file(path: Path, label_names: list[str]) -> tuple[list[str], np.nd
     if not path.is_file():
         raise UserError(f"--texts {str(path)!r} not found")
     if path.suffix.lower() == ".txt":
-        from .inference import read_lines
+        from ..inference import read_lines
 
         return read_lines(path), None
     import datasets
@@ -74,7 +74,7 @@ def read_text_file(path: Path, label_names: list[str]) -> tuple[list[str], np.nd
 
 
 def score(labels: np.ndarray, exits: dict[int, np.ndarray], label_names: list[str]) -> dict:
-    from .evaluation import classification_metrics, detailed_report
+    from ..metrics import classification_metrics, detailed_report
 
     final = exits[max(exits)]
     return {**classification_metrics(labels, final),
@@ -84,9 +84,9 @@ def score(labels: np.ndarray, exits: dict[int, np.ndarray], label_names: list[st
 
 
 def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
-    from .config import load_config
-    from .data import load_text_data
-    from .inference import all_exit_logits, check_texts, load_for_inference
+    from ..config import load_config
+    from ..data import load_text_data
+    from ..inference import all_exit_logits, check_texts, load_for_inference
 
     model, tok = load_for_inference(run, args.device)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -1,0 +1,54 @@
+"""Optimizers and learning-rate schedules for a model's stages.
+
+A decoupled method with ``method.backward=per_group`` gets one optimizer per trainable stage (each steps as
+soon as its own loss exists: what lets stages run as a pipeline); otherwise one optimizer holds a parameter
+group per stage. Schedules are sized in optimizer updates of *this* process and stepped once per update,
+unprepared: Accelerate's prepared scheduler would advance ``num_processes`` times per call.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from .config import TrainConfig
+from .errors import UserError
+
+
+def parameter_groups(stage: nn.Module, t: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups for one stage (trainable parameters only)."""
+    params = [p for p in stage.parameters() if p.requires_grad]
+    return [{"params": params}] if params else []
+
+
+@dataclass
+class Optimization:
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler]
+    optimizer_of: dict[int, int]  # stage index -> its optimizer (stages with nothing to train are absent)
+
+
+def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool, updates_per_epoch: int) -> Optimization:
+    groups = [parameter_groups(stage, t) for stage in stages]
+    trainable = [k for k, g in enumerate(groups) if g]  # e.g. a frozen embedding is not
+    if not trainable:
+        raise UserError("nothing to train: every parameter is frozen; set model.freeze_embeddings=false")
+    # foreach: one multi-tensor kernel per step instead of a Python loop over parameters (on the CPU torch's
+    # default is the loop); pipeline workers share the GIL, so per-op Python overhead counts
+    make = lambda param_groups: torch.optim.AdamW(param_groups, lr=t.lr, weight_decay=t.weight_decay,  # noqa: E731
+                                                  foreach=True)
+    if per_group:
+        optimizers = [make(groups[k]) for k in trainable]
+        optimizer_of = {k: i for i, k in enumerate(trainable)}
+    else:  # one optimizer (one loss-scaler update per step under fp16)
+        optimizers = [make([g for k in trainable for g in groups[k]])]
+        optimizer_of = {k: 0 for k in trainable}
+    total = t.max_steps or updates_per_epoch * t.epochs
+    # a warm-up needs a schedule that has one: "constant" becomes constant-after-warm-up
+    name = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
+    schedulers = [get_scheduler(name, opt, num_warmup_steps=math.floor(t.warmup_ratio * total),
+                                num_training_steps=total) for opt in optimizers]
+    return Optimization(optimizers, schedulers, optimizer_of)
