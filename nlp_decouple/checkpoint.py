@@ -55,14 +55,16 @@ def find_resume_point(resume: str, root: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, fingerprint: dict) -> dict:
+def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict) -> dict:
+    """Load the checkpoint into the prepared objects and return its trainer state; refuse one made with
+    another identity (see ``Trainer._identity``), naming the first differences."""
     state = json.loads((path / STATE_FILE).read_text())
-    saved = state.get("fingerprint", {})
-    diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    saved = state.pop("identity", {})
+    diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:3])
-        raise UserError(f"checkpoint {str(path)!r} was made with a different config ({shown}); use the same "
-                        "model/method/data settings, or a new output_dir/run_name to start afresh")
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in diff[:3])
+        raise UserError(f"checkpoint {str(path)!r} was made with a different config ({shown}); resume with the same "
+                        "settings, or give a new output_dir/run_name to start afresh")
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError) as err:

@@ -256,6 +256,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), (_yaml_scalar(value) if value.strip() else None)
 
 
+def config_from_dict(raw: dict) -> Config:
+    """A validated Config from plain data (e.g. a saved config.yaml); keys it lacks take their defaults."""
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
 def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML recipe (or none), apply ``key=value`` overrides, validate and return the config."""
     raw: dict = {}
@@ -280,9 +287,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
             other = "train" if key == "tokenizer.name" else "name"
             if isinstance(raw.get("tokenizer"), dict):
                 raw["tokenizer"].pop(other, None)
-    cfg = _build(Config, raw, "")
-    validate(cfg)
-    return cfg
+    return config_from_dict(raw)
 
 
 def num_blocks(cfg: Config) -> int:
@@ -376,6 +381,30 @@ def validate(cfg: Config) -> None:
            "use train.mixed_precision=bf16 or method.backward=sum")
     _check(cfg.eval.probe_samples > 0, "eval.probe_samples must be positive")
     _check(bool(cfg.output_dir), "output_dir must not be empty")
+
+
+# how and where a run is carried out, not what it computes: a run may be moved, or resumed with other values
+_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.progress", "train.save_every",
+                 "train.keep_checkpoints", "train.log_with", "data.num_workers"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (lists and scalars kept as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_identity(settings: Config | dict) -> dict[str, Any]:
+    """Every setting that changes what a run computes, flattened: two runs with the same identity train the
+    same model the same way. Resuming a checkpoint and reusing a finished run in ``compare`` both require it
+    to be unchanged."""
+    tree = settings.to_dict() if isinstance(settings, Config) else settings
+    return {k: v for k, v in flatten(tree).items() if k not in _NOT_IDENTITY}
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -93,3 +93,19 @@ def layerwise(train_probe: SplitOutputs | None, evals: dict[str, SplitOutputs], 
             row = {"group": k, "kind": "probe", **(probes[k] if probes else {})}
         rows.append(row)
     return rows
+
+
+def evaluate(model: StagedClassifier, loaders: dict[str, DataLoader], probe_loader: DataLoader,
+             accelerator: Accelerator, every_group: bool, probe_max_iter: int, seed: int
+             ) -> tuple[dict, dict[str, SplitOutputs]]:
+    """Scores of each split (``{"validation": {...}, "test": {...}, "groups": [...]}``) and the outputs
+    behind them. Per-group accuracies need a linear probe (fit on ``probe_loader``'s training texts) only
+    for groups without an exit of their own."""
+    outs = {name: collect(model, loader, accelerator, return_pooled=every_group) for name, loader in loaders.items()}
+    scores: dict = {name: classification_metrics(o.labels, o.final_logits) for name, o in outs.items()}
+    if every_group:
+        first = next(iter(outs.values()))
+        needs_probe = len(first.exit_logits) < len(first.pooled)
+        probe_train = collect(model, probe_loader, accelerator, return_pooled=True) if needs_probe else None
+        scores["groups"] = layerwise(probe_train, outs, probe_max_iter, seed)
+    return scores, outs

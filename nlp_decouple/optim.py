@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from transformers import get_scheduler
 
@@ -29,6 +30,32 @@ class Optimization:
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler]
     optimizer_of: dict[int, int]  # stage index -> its optimizer (stages with nothing to train are absent)
+    clip_sets: list[list[list[nn.Parameter]]]  # per optimizer: each stage's parameters, clipped separately
+    grad_clip: float | None = None
+    accelerator: Accelerator | None = None  # set by prepare()
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Wrap the optimizers for mixed precision and gradient sync (schedulers stay unprepared)."""
+        self.optimizers = [accelerator.prepare(o) for o in self.optimizers]
+        self.accelerator = accelerator
+
+    def update(self, index: int, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and step optimizer ``index`` (clipping its parameters' gradients first)."""
+        self.accelerator.backward(loss)
+        self.finish(index)
+
+    def finish(self, index: int, skip: bool = False) -> None:
+        """Step optimizer ``index`` on the gradients it holds (``skip``: drop them instead)."""
+        opt = self.optimizers[index]
+        if not skip:
+            self.accelerator.unscale_gradients(opt)
+            if self.grad_clip is not None:  # per stage: a decoupled stage's gradient is its own
+                for params in self.clip_sets[index]:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            if not getattr(opt, "step_was_skipped", False):  # an fp16 overflow skips the step: keep the schedule
+                self.schedulers[index].step()
+        opt.zero_grad(set_to_none=True)
 
 
 def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool, updates_per_epoch: int) -> Optimization:
@@ -51,4 +78,6 @@ def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool,
     name = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
     schedulers = [get_scheduler(name, opt, num_warmup_steps=math.floor(t.warmup_ratio * total),
                                 num_training_steps=total) for opt in optimizers]
-    return Optimization(optimizers, schedulers, optimizer_of)
+    params = {k: [p for g in groups[k] for p in g["params"]] for k in trainable}
+    clip_sets = [[params[k] for k in trainable if optimizer_of[k] == i] for i in range(len(optimizers))]
+    return Optimization(optimizers, schedulers, optimizer_of, clip_sets, t.grad_clip)

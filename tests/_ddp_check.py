@@ -26,10 +26,10 @@ def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
                                                   f"method.backward={backward}", f"output_dir={out_dir}"])
     trainer = Trainer(cfg)
     assert trainer.accelerator.num_processes == 2
-    batches = iter(trainer.train_loader)
+    batches = iter(trainer.loaders.train)
     for _ in range(4):
         batch = next(batches)
-        trainer.train_step(batch)
+        trainer.engine.step(batch)
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(2)]
     dist.all_gather(gathered, flat)
@@ -38,7 +38,7 @@ def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
     seen = [torch.empty_like(labels) for _ in range(2)]
     dist.all_gather(seen, labels)
     assert not torch.equal(seen[0], seen[1]), "both ranks got the same batch"  # else agreement proves nothing
-    outs = collect(trainer.model, trainer.eval_loaders["test"], trainer.accelerator)
+    outs = collect(trainer.model, trainer.loaders.evals["test"], trainer.accelerator)
     assert len(outs.labels) == len(trainer.data.splits["test"]) == 61  # odd size: padding de-duplicated
 
 

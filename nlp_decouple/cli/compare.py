@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import load_config
+from ..config import config_from_dict, load_config, run_identity
 from ..errors import UserError, cli_entry
 from ..logs import setup_console
 from ..registry import METHODS
@@ -84,15 +84,6 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
     return methods, seeds, rest
 
 
-def _comparable(saved: dict) -> dict:
-    """A run's settings minus what only says how or where it was run (not what it computes): a sweep
-    directory can be moved and resumed."""
-    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items() if k not in ("output_dir", "run_name")}
-    for key in ("resume", "progress", "save_every", "keep_checkpoints", "log_with"):
-        saved.get("train", {}).pop(key, None)
-    return saved
-
-
 def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], out: Path) -> list[PlannedRun]:
     """Validate every run's config before training any, and find what is already done."""
     runs = []
@@ -104,8 +95,12 @@ def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], o
             run_dir = out / name
             state = "new"
             if (run_dir / "config.yaml").is_file():
-                saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-                if _comparable(saved) != _comparable(cfg.to_dict()):
+                try:  # through the config, so a key added since that run takes its default
+                    same = run_identity(config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))) \
+                        == run_identity(cfg)
+                except UserError:  # a key it had is gone, or a value no longer valid
+                    same = False
+                if not same:
                     raise UserError(f"{run_dir} holds a run with other settings: give another --out, or delete it")
                 if (run_dir / "results.json").is_file():
                     state = "done"

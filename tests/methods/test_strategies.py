@@ -26,9 +26,9 @@ def train_steps(overrides: list[str]) -> tuple[Trainer, dict[str, torch.Tensor],
     trainer = Trainer(load_config(None, overrides))
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.model.train()
-    batches = iter(trainer.train_loader)
+    batches = iter(trainer.loaders.train)
     for _ in range(STEPS):
-        values = trainer.train_step(next(batches))
+        values = trainer.engine.step(next(batches))
         assert len(values) == len(trainer.model.stages) and all(v == v for v in values)
     return trainer, initial, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
@@ -55,9 +55,9 @@ def test_per_group_and_sum_reach_identical_weights(tmp_path, case):
     per_group, init_a, after_a = train_steps(small(tmp_path, method, "per_group", *extra))
     summed, init_b, after_b = train_steps(small(tmp_path, method, "sum", *extra))
     n = len(per_group.model.stages)
-    assert n >= 2 and per_group.per_group and not summed.per_group
-    assert len(per_group.optimizers) == n and len(summed.optimizers) == 1
-    assert len(summed.optimizers[0].param_groups) == n
+    assert n >= 2 and per_group.engine.per_group and not summed.engine.per_group
+    assert len(per_group.opt.optimizers) == n and len(summed.opt.optimizers) == 1
+    assert len(summed.opt.optimizers[0].param_groups) == n
     for name in init_a:  # same seed, same starting point
         torch.testing.assert_close(init_a[name], init_b[name], rtol=0, atol=0)
     moved = [name for name in init_a if not torch.equal(init_a[name], after_a[name])]
@@ -70,7 +70,7 @@ def test_per_group_and_sum_reach_identical_weights(tmp_path, case):
 
 def test_bp_is_one_optimizer_over_everything(tmp_path):
     trainer, init, after = train_steps(small(tmp_path, "bp", "per_group", "model.dropout=0"))
-    assert not trainer.per_group and len(trainer.optimizers) == 1 and len(trainer.model.stages) == 1
+    assert not trainer.engine.per_group and len(trainer.opt.optimizers) == 1 and len(trainer.model.stages) == 1
     assert not torch.equal(init["stages.0.groups.0.blocks.0.embed.weight"],
                            after["stages.0.groups.0.blocks.0.embed.weight"])
 
@@ -82,9 +82,9 @@ def test_per_group_differs_from_not_cutting(tmp_path):
     trainer = Trainer(load_config(None, small(tmp_path, "early_exit", "sum", "model.dropout=0")))
     trainer.model.decoupled = False  # no detach between stages: later losses reach earlier groups
     trainer.model.train()
-    batches = iter(trainer.train_loader)
+    batches = iter(trainer.loaders.train)
     for _ in range(STEPS):
-        trainer.train_step(next(batches))
+        trainer.engine.step(next(batches))
     uncut = {n: p.detach() for n, p in trainer.model.named_parameters()}
     assert not torch.allclose(cut["stages.0.groups.0.blocks.0.embed.weight"],
                               uncut["stages.0.groups.0.blocks.0.embed.weight"], atol=1e-6)
@@ -96,7 +96,7 @@ def test_frozen_embedding_stage_is_skipped_identically(tmp_path):
     extra = ("model.dropout=0", "model.freeze_embeddings=true")
     per_group, init_a, after_a = train_steps(small(tmp_path, "scpl", "per_group", *extra))
     _, _, after_b = train_steps(small(tmp_path, "scpl", "sum", *extra))
-    assert len(per_group.optimizers) == len(per_group.model.stages) - 1
+    assert len(per_group.opt.optimizers) == len(per_group.model.stages) - 1
     name = "stages.0.groups.0.blocks.0.embed.weight"
     torch.testing.assert_close(after_a[name], init_a[name], rtol=0, atol=0)
     assert not torch.equal(after_a["stages.1.groups.0.blocks.0.layer.linear1.weight"],

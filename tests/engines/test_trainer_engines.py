@@ -38,7 +38,7 @@ def test_pipelined_training_equals_sequential(tmp_path, method, encoder):
 def test_a_worker_per_listed_device(tmp_path):
     cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "method.name=scpl",
                                                   "model.num_layers=3", "train.pipeline=true", "train.devices=[cpu,cpu]"])
-    assert Trainer(cfg).runner.workers == [[0, 1], [2, 3]]  # 4 stages, 2 threads
+    assert Trainer(cfg).engine.workers == [[0, 1], [2, 3]]  # 4 stages, 2 threads
 
 
 def test_pipelined_bp_matches_bp_up_to_float_rounding(tmp_path):

@@ -1,0 +1,66 @@
+"""Training engines behind one interface (:class:`~.base.Engine`): the trainer's loop drives whichever
+the config asks for.
+
+- :class:`~.sequential.Sequential`: every stage in turn in this process; data parallel over processes;
+- :class:`~.threaded.ThreadedPipeline`: a decoupled method's stages as a pipeline of worker threads, one per
+  device slot (``train.pipeline=true``);
+- :class:`~.gpipe.GPipe`: ``bp`` pipelined over micro-batches (``train.pipeline=true, method.name=bp``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from accelerate import Accelerator
+
+from ..classifier import StagedClassifier
+from ..config import Config
+from ..errors import UserError
+from ..optim import Optimization
+from ..signals import all_ranks
+from .base import Engine
+from .gpipe import GPipe
+from .placement import assign_devices, assign_workers, place_stages
+from .sequential import Sequential
+from .threaded import ThreadedPipeline
+from .workers import PipelineError, thread_budget
+
+log = logging.getLogger("nlp_decouple")
+
+
+def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimization, accelerator: Accelerator,
+                 seed: Callable[[int], None]) -> Engine:
+    """``stages``: the model's stages as prepared for training (DDP twins under several processes)."""
+    t = cfg.train
+    if not t.pipeline:
+        per_group = model.decoupled and cfg.method.backward == "per_group"
+        return Sequential(model, stages, opt, per_group, lambda flags: all_ranks(flags, accelerator), seed)
+    if accelerator.num_processes != 1:
+        raise UserError("train.pipeline runs in one process (its stages are the parallelism): launch without "
+                        "--num_processes, or set train.pipeline=false for data parallel")
+    if model.decoupled:
+        devices = assign_devices(t.devices, len(model.stages))
+        place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
+
+        def update(k: int, loss) -> None:
+            if k in opt.optimizer_of:  # a frozen stage has nothing to step
+                opt.update(opt.optimizer_of[k], loss)
+
+        workers = assign_workers(t.devices, len(model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
+        log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices], workers)
+        return ThreadedPipeline(model.stages, devices, update, queue_size=t.queue_size,
+                                threads_per_stage=t.threads_per_stage, move_stages=False,
+                                context=accelerator.autocast, workers=workers)
+    stage = model.stages[0]
+    devices = assign_devices(t.devices, len(stage.groups))
+    first = devices[0]
+    stage.register_forward_pre_hook(  # evaluation feeds the first partition's device
+        lambda module, args, kwargs: ((args[0].to(first), *args[1:]), kwargs), with_kwargs=True)
+    log.info("pipeline: bp partitions on %s", [str(d) for d in devices])
+    return GPipe(stage, devices, t.micro_batches, backward=accelerator.backward, threads_per_partition=t.threads_per_stage,
+                 context=accelerator.autocast, queue_size=t.queue_size,
+                 step=lambda finite: opt.finish(0, skip=not finite), seed=seed)
+
+
+__all__ = ["Engine", "GPipe", "PipelineError", "Sequential", "ThreadedPipeline", "assign_devices", "assign_workers",
+           "build_engine", "place_stages", "thread_budget"]
