@@ -6,6 +6,7 @@ a run killed mid-write never leaves a checkpoint that a resume could pick up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from accelerate import Accelerator
 
 from .errors import UserError
 
+log = logging.getLogger("nlp_decouple")
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
 
@@ -70,4 +72,24 @@ def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict) -> dic
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"checkpoint {str(path)!r} does not fit this model ({str(err).splitlines()[0][:160]}); "
                         "start afresh with a new run_name") from None
+    return state
+
+
+def resume_point(accelerator: Accelerator, root: Path, resume: str | None, identity: dict) -> dict | None:
+    """The trainer state to continue from (its weights and optimizer states loaded), or None to start
+    afresh. ``resume`` None: a fresh run, whose stale checkpoints are removed (a later ``auto`` would pick
+    them up); ``"auto"``: the newest complete checkpoint, if any; else a checkpoint path."""
+    if resume is None:
+        if accelerator.is_main_process and complete_checkpoints(root):
+            log.warning("starting afresh: removing the earlier checkpoints in %s (train.resume=auto continues "
+                        "a run instead)", root)
+            shutil.rmtree(root)
+        accelerator.wait_for_everyone()
+        return None
+    path = find_resume_point(resume, root)
+    if path is None:
+        log.info("train.resume=auto: no checkpoint yet, starting afresh")
+        return None
+    state = load_checkpoint(accelerator, path, identity)
+    log.info("resumed from %s (epoch %d, %d batches into it)", path, state["epoch"], state["batches_done"])
     return state

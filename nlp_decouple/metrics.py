@@ -2,7 +2,9 @@
 (each group's own exit where the method has one, else a linear probe on its pooled vectors)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,3 +111,9 @@ def evaluate(model: StagedClassifier, loaders: dict[str, DataLoader], probe_load
         probe_train = collect(model, probe_loader, accelerator, return_pooled=True) if needs_probe else None
         scores["groups"] = layerwise(probe_train, outs, probe_max_iter, seed)
     return scores, outs
+
+
+def write_predictions(path: Path, outputs: SplitOutputs, epoch: int) -> None:
+    """Per-example labels and final predictions of one split (paired comparisons between runs)."""
+    path.write_text(json.dumps({"epoch": epoch, "labels": outputs.labels.tolist(),
+                                "predictions": outputs.final_logits.argmax(-1).tolist()}))

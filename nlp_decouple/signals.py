@@ -12,6 +12,12 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
+from .errors import UserError
+
+
+class StopRequested(UserError):
+    """Training stopped on SIGTERM/SIGINT (to this or another process) after saving a checkpoint."""
+
 
 class StopSignal:
     """SIGTERM/SIGINT set a flag; the trainer saves a checkpoint at the next quiescent boundary and exits."""

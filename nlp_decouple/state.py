@@ -3,6 +3,7 @@ optimizer and scheduler states that ``Accelerator.save_state`` writes)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -27,6 +28,18 @@ class TrainState:
     def from_dict(cls, saved: dict) -> "TrainState":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def record_step(self, samples: int, values: list[float]) -> list[int]:
+        """Count a finished step and its stage losses; returns the stages whose loss was non-finite (their
+        update was skipped, on every process alike)."""
+        self.step += 1
+        self.batches_done += 1
+        self.samples += samples
+        self.epoch_losses.append(values)
+        bad = [k for k, v in enumerate(values) if not math.isfinite(v)]
+        self.nonfinite_in_row = self.nonfinite_in_row + 1 if bad else 0
+        self.nonfinite_total += bool(bad)
+        return bad
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from typing import Callable
 
@@ -22,18 +21,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .checkpoint import complete_checkpoints, find_resume_point, load_checkpoint, save_checkpoint
+from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .config import Config, flatten, group_sizes, run_identity, save_config
 from .data import build_loaders, load_text_data, tokenize_splits
 from .engines import build_engine
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
-from .metrics import detailed_report, evaluate
+from .metrics import detailed_report, evaluate, write_predictions
 from .models import load_word_vectors
 from .optim import build_optimization
 from .results import build_results
-from .signals import StopSignal, any_rank
+from .signals import StopRequested, StopSignal, any_rank
 from .state import TrainState
 from .tokenization import build_tokenizer, save_tokenizer
 
@@ -172,18 +171,11 @@ class Trainer:
         return spent + time.perf_counter() - start
 
     def _record_step(self, state: TrainState, batch: dict, values: list[float]) -> None:
-        state.step += 1
-        state.batches_done += 1
-        state.samples += batch["labels"].shape[0] * self.accelerator.num_processes
-        state.epoch_losses.append(values)
+        bad = state.record_step(batch["labels"].shape[0] * self.accelerator.num_processes, values)
         if self.cfg.train.log_with and state.step % 10 == 0:
             self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=state.step)
-        bad = [k for k, v in enumerate(values) if not math.isfinite(v)]  # agreed over ranks by the engine
         if not bad:
-            state.nonfinite_in_row = 0
             return
-        state.nonfinite_total += 1
-        state.nonfinite_in_row += 1
         log.warning("step %d: non-finite loss in stage(s) %s; update skipped", state.step, bad)
         if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
             raise NonFiniteLoss(
@@ -193,7 +185,7 @@ class Trainer:
 
     def _stop_if_asked(self, stop: StopSignal, state: TrainState, saved: bool) -> None:
         if saved and any_rank(stop.requested is not None, self.accelerator):
-            raise UserError(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
+            raise StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
                             "checkpoint saved: continue with the same command and train.resume=auto")
 
     def _end_epoch(self, state: TrainState, epoch_time: float) -> None:
@@ -234,22 +226,8 @@ class Trainer:
         log.info("checkpoint %s", path)
 
     def _resume(self) -> TrainState | None:
-        root, resume = self.run_dir / "checkpoints", self.cfg.train.resume
-        if resume is None:
-            if self.accelerator.is_main_process and complete_checkpoints(root):
-                # a fresh run replaces this run directory's results; stale checkpoints would be resumed later
-                log.warning("starting afresh: removing the earlier checkpoints in %s (train.resume=auto continues "
-                            "a run instead)", root)
-                shutil.rmtree(root)
-            self.accelerator.wait_for_everyone()
-            return None
-        path = find_resume_point(resume, root)
-        if path is None:
-            log.info("train.resume=auto: no checkpoint yet, starting afresh")
-            return None
-        state = TrainState.from_dict(load_checkpoint(self.accelerator, path, self._identity()))
-        log.info("resumed from %s (epoch %d, %d batches into it)", path, state.epoch, state.batches_done)
-        return state
+        saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume, self._identity())
+        return None if saved is None else TrainState.from_dict(saved)
 
     def _save_weights(self, tag: str, test=None, epoch: int | None = None) -> None:
         """The model in Hugging Face form (config.json, model.safetensors, tokenizer): see nlp_decouple.hf;
@@ -259,5 +237,4 @@ class Trainer:
             self.model, self.cfg, len(tok), tok.pad_token_id, self.data.max_length, self.data.label_names)
         save_model_dir(hf_model, tok, self.run_dir / tag)
         if test is not None:
-            (self.run_dir / "test_predictions.json").write_text(json.dumps(
-                {"epoch": epoch, "labels": test.labels.tolist(), "predictions": test.final_logits.argmax(-1).tolist()}))
+            write_predictions(self.run_dir / "test_predictions.json", test, epoch)

@@ -106,6 +106,22 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         Trainer(_tiny(tmp_path, "model.hidden_size=48", "train.resume=auto")).fit()
 
 
+@pytest.mark.parametrize("change", ["train.lr=5e-3", "train.epochs=3", "train.scheduler=linear", "train.max_steps=50"])
+def test_resume_with_another_schedule_is_refused(tmp_path, change):
+    """The learning-rate curve depends on these: a resume with other values would silently bend it."""
+    Trainer(_tiny(tmp_path)).fit()
+    key = change.split("=")[0]
+    with pytest.raises(UserError, match=f"different config .*{key}"):
+        Trainer(_tiny(tmp_path, change, "train.resume=auto")).fit()
+
+
+def test_resume_may_change_how_a_run_is_carried_out(tmp_path):
+    """Where and how a run is kept (progress bar, checkpoint cadence) is not part of what it computes."""
+    first = Trainer(_tiny(tmp_path)).fit()
+    again = Trainer(_tiny(tmp_path, "train.resume=auto", "train.progress=true", "train.keep_checkpoints=5")).fit()
+    assert again["steps"] == first["steps"]
+
+
 def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
     first = Trainer(_tiny(tmp_path)).fit()
     again = Trainer(_tiny(tmp_path, "train.resume=auto")).fit()

@@ -32,3 +32,30 @@ def test_refuses_a_world_size_other_than_asked(tmp_path):
                                                   "data.synthetic_train_size=100", f"output_dir={tmp_path}"])
     with pytest.raises(UserError, match="train.num_processes=2 but 1 process"):
         Trainer(cfg)
+
+
+def _agreement(scenario: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "tests" / "_ddp_agreement.py"), scenario, str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_lr_schedule_under_two_processes_equals_one_process(tmp_path):
+    one = _agreement("one-process-lr", tmp_path)
+    assert one.returncode == 0 and "ok" in one.stdout, one.stderr[-3000:]
+    two = _agreement("schedule", tmp_path)
+    assert two.returncode == 0 and "ok" in two.stdout, two.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backward", ["per_group", "sum"])
+def test_a_nan_on_one_rank_is_skipped_on_both(tmp_path, backward):
+    proc = _agreement(f"nan-{backward}", tmp_path)  # a hang would end in the timeout
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(tmp_path):
+    proc = _agreement("signal", tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

@@ -1,6 +1,9 @@
 """The trainer with train.pipeline=true ends exactly where the sequential per-group trainer ends."""
 from __future__ import annotations
 
+import shutil
+import time
+
 import pytest
 import torch
 
@@ -53,3 +56,58 @@ def test_pipelined_bp_matches_bp_up_to_float_rounding(tmp_path):
 def test_pipeline_rejects_summed_backward():
     with pytest.raises(UserError, match="per_group"):
         load_config("recipes/quickstart.yaml", ["train.pipeline=true", "method.name=scpl", "method.backward=sum"])
+
+
+def test_a_checkpoint_waits_for_a_slow_stage_update(tmp_path):
+    """Stage 0 hands its carry on before its own (here slowed) update: the checkpoint after a chunk must
+    still hold that update, so resuming from it ends bit-identical to the uninterrupted run."""
+    torch.set_num_threads(1)
+    common = ["method.name=scpl", "model.encoder=lstm", "train.pipeline=true", "train.devices=[cpu,cpu]",
+              "train.save_every=2", "train.keep_checkpoints=10", "train.epochs=1", "train.max_steps=6",
+              "eval.every_group=false"]
+    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "run_name=full", *common])
+    trainer = Trainer(cfg)
+    update = trainer.opt.update
+
+    def slow_stage0(index, loss):
+        if index == 0:
+            trainer.opt.accelerator.backward(loss)
+            time.sleep(0.3)  # the next stages finish the chunk meanwhile
+            trainer.opt.finish(index)
+            return
+        update(index, loss)
+
+    trainer.opt.update = slow_stage0
+    trainer.fit()
+    full = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", resumed_dir / "step_00000002")
+    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "run_name=resumed", *common,
+                                                  "train.resume=auto"])
+    resumed = Trainer(cfg)
+    resumed.fit()
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, full[key]), key
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state: a test with another mixed precision starts and ends clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_gpipe_runs_under_bf16_autocast(tmp_path, fresh_accelerator_state):
+    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "method.name=bp", "train.pipeline=true",
+                                                  "train.devices=[cpu,cpu]", "train.mixed_precision=bf16",
+                                                  "train.cpu=true"])
+    trainer = Trainer(cfg)
+    seen = []
+    classifier = next(m for m in trainer.model.stages[0].head.modules() if isinstance(m, torch.nn.Linear))
+    classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    values = [v for _, v in trainer.engine.run(iter(trainer.loaders.train), 2, 0)]
+    assert len(values) == 2 and seen and set(seen) == {torch.bfloat16}

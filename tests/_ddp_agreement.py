@@ -1,0 +1,146 @@
+"""Run by tests/test_distributed.py in a fresh interpreter: decisions two CPU processes must take alike.
+
+    python tests/_ddp_agreement.py one-process-lr|schedule|nan-per_group|nan-sum|signal OUT_DIR
+
+Each scenario but the first runs under ``accelerate.debug_launcher`` (2 processes, gloo); all print ``ok``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import debug_launcher
+
+from nlp_decouple.config import load_config
+from nlp_decouple.errors import UserError
+
+BASE = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "model.num_layers=2",
+        "data.synthetic_train_size=300", "data.synthetic_test_size=61", "train.batch_size=16",
+        "eval.probe_samples=50", "train.cpu=true", "model.dropout=0"]
+
+
+def trainer_for(out: str, *extra: str):
+    from nlp_decouple.trainer import Trainer
+
+    return Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", *extra]))
+
+
+def lr_curve(out: str, steps: int) -> list[float]:
+    trainer = trainer_for(out, "method.name=bp", "train.scheduler=linear", "train.warmup_ratio=0.25",
+                          f"train.max_steps={steps}")
+    curve = []
+    for _ in trainer.engine.run(iter(trainer.loaders.train), steps, 0):
+        curve.append(trainer.opt.schedulers[0].get_last_lr()[0])
+    return curve
+
+
+def schedule(out: str) -> None:
+    """The LR after each update equals a single process's (Accelerate's prepared scheduler would step
+    twice per call), and an epoch-sized linear schedule ends at 0 exactly on the last update."""
+    one = json.loads(Path(out, "one.json").read_text())
+    assert dist.get_world_size() == 2
+    assert lr_curve(f"{out}/two", 8) == one, "the 2-process LR curve differs from the 1-process one"
+    trainer = trainer_for(f"{out}/epochs", "method.name=bp", "train.scheduler=linear", "train.warmup_ratio=0.2",
+                          "train.epochs=2", "eval.every_group=false")
+    per_epoch = len(trainer.loaders.train)  # batches per process after prepare
+    lrs = []
+    trainer.opt.schedulers[0].step = _recording(trainer.opt.schedulers[0], lrs)
+    trainer.fit()
+    assert len(lrs) == 2 * per_epoch and lrs[-1] == 0.0 and lrs[-2] > 0.0, lrs
+
+
+def _recording(scheduler, lrs: list[float]):
+    step = scheduler.step
+
+    def recorded(*args, **kwargs):
+        step(*args, **kwargs)
+        lrs.append(scheduler.get_last_lr()[0])
+
+    return recorded
+
+
+def _weights(trainer) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+
+
+def _nan_on_rank1_at(trainer, stage: int, step_no: list[int], at: int) -> None:
+    head = trainer.model.stages[stage].head
+    forward = head.forward
+
+    def poisoned(pooled, labels):
+        out = forward(pooled, labels)
+        if labels is not None and dist.get_rank() == 1 and step_no[0] == at:
+            out.loss = out.loss * float("nan")
+        return out
+
+    head.forward = poisoned
+
+
+def nan(out: str, backward: str) -> None:
+    """A NaN loss on rank 1 only: both ranks skip the same update and stay bit-identical, no hang."""
+    trainer = trainer_for(out, "method.name=scpl", f"method.backward={backward}")
+    step_no = [0]
+    _nan_on_rank1_at(trainer, 1, step_no, at=2)
+    rows = []
+    for _, values in trainer.engine.run(iter(trainer.loaders.train), 4, 0):
+        rows.append(values)
+        step_no[0] += 1
+    flat = _weights(trainer)
+    gathered = [torch.empty_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    assert torch.equal(gathered[0], gathered[1]), "ranks diverged"
+    bad = [[k for k, v in enumerate(r) if not math.isfinite(v)] for r in rows]
+    assert bad == [[], [], [1], []], bad  # the poisoned stage, on both ranks (sum: the whole step skipped)
+
+
+def stop_signal(out: str) -> None:
+    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang."""
+    trainer = trainer_for(out, "method.name=scpl", "train.epochs=2")
+    head = trainer.model.stages[0].head
+    forward, calls = head.forward, [0]
+
+    def signalling(pooled, labels):
+        if labels is not None and trainer.model.training:
+            calls[0] += 1
+            if calls[0] == 3 and dist.get_rank() == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return forward(pooled, labels)
+
+    head.forward = signalling
+    try:
+        trainer.fit()
+        raise AssertionError("training did not stop")
+    except UserError as err:
+        assert "stopped by" in str(err), err
+    steps = torch.tensor([calls[0]])
+    both = [torch.empty_like(steps) for _ in range(2)]
+    dist.all_gather(both, steps)
+    assert both[0].item() == both[1].item() == 3, both
+    if dist.get_rank() == 0:
+        saved = sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir())
+        assert saved == ["step_00000003"], saved
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], sys.argv[2]
+    if scenario == "one-process-lr":  # the reference curve, in a process of its own
+        Path(out, "one.json").write_text(json.dumps(lr_curve(f"{out}/one", 8)))
+    elif scenario == "schedule":
+        debug_launcher(lambda: schedule(out), num_processes=2)
+    elif scenario.startswith("nan-"):
+        debug_launcher(lambda: nan(out, scenario[4:]), num_processes=2)
+    elif scenario == "signal":
+        debug_launcher(lambda: stop_signal(out), num_processes=2)
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
