@@ -28,7 +28,7 @@ class DataConfig:
     label_field: str | None = None
     label_offset: int = 0  # added to integer labels, e.g. -1 for the classic 1-based AG News CSV
     max_length: int | None = None  # tokens; default from the registry
-    val_fraction: float = 0.1  # carved from train, stratified
+    val_fraction: float = 0.1  # carved from train, stratified, when the source has no validation split
     test_fraction: float = 0.2  # only used when the source has no test split
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
