@@ -36,6 +36,10 @@ class DataConfig:
     synthetic_train_size: int = 4000
     synthetic_test_size: int = 1000
     num_workers: int = 0
+    # training batches: random, or groups of samples_per_class texts of one class (nlp_decouple.data.sampling):
+    # grouped keeps class frequencies and shows each text once an epoch; class_balanced draws classes uniformly
+    sampler: Literal["random", "grouped", "class_balanced"] = "random"
+    samples_per_class: int = 4
 
 
 @dataclass
@@ -75,6 +79,7 @@ class MethodConfig:
     projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
     projection_dim: int | None = None  # default: the group's pooled size
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
+    supcon_queue: int = 0  # SCPL: past features (and labels) kept as extra positives/negatives; 0 = off
     ce_weight: float = 0.001  # DeInfoReg's classifier weight
     inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads
@@ -316,6 +321,11 @@ def validate(cfg: Config) -> None:
     _check(d.synthetic_train_size >= 20 and d.synthetic_test_size >= 10,
            "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
     _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
+    if d.sampler != "random":
+        _check(d.samples_per_class >= 2, f"data.samples_per_class: {d.samples_per_class} must be >= 2 "
+               "(a text needs another of its class in the batch)")
+        _check(cfg.train.batch_size % d.samples_per_class == 0, f"data.samples_per_class={d.samples_per_class} "
+               f"must divide train.batch_size={cfg.train.batch_size}: e.g. data.samples_per_class=4 with a batch of 128")
     _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
     close = difflib.get_close_matches(d.name, known_names(), n=1)
     _check(d.name in DATASETS or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
@@ -348,6 +358,7 @@ def validate(cfg: Config) -> None:
     _check(meth.projection != "identity" or meth.projection_dim is None,
            "method.projection=identity keeps the pooled size: unset method.projection_dim or use "
            "method.projection=linear|mlp|mlp_bn")
+    _check(meth.supcon_queue >= 0, f"method.supcon_queue: {meth.supcon_queue} must be >= 0 (0 turns the memory off)")
     _check(meth.ce_weight >= 0, f"method.ce_weight: {meth.ce_weight} must be >= 0")
     _check(len(meth.inforeg_weights) == 3 and all(w >= 0 for w in meth.inforeg_weights),
            "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")

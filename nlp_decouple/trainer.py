@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .checkpoint import complete_checkpoints, find_resume_point, load_checkpoint, save_checkpoint
 from .config import Config, group_sizes, save_config
 from .data import load_text_data, make_collator, tokenize_splits
+from .data.sampling import ClassGroupedBatchSampler
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import classification_metrics, collect, detailed_report, layerwise
@@ -113,7 +114,14 @@ class Trainer:
         loader = lambda split, bs, shuffle=False: DataLoader(  # noqa: E731
             split, batch_size=bs, shuffle=shuffle, collate_fn=collator, num_workers=cfg.data.num_workers,
             generator=self.shuffle_generator if shuffle else None)
-        self.train_loader = loader(tokenized["train"], t.batch_size, shuffle=True)
+        if cfg.data.sampler == "random":
+            self.train_loader = loader(tokenized["train"], t.batch_size, shuffle=True)
+        else:  # batches of samples_per_class texts per class, drawn from the same per-epoch generator
+            sampler = ClassGroupedBatchSampler(self.data.splits["train"]["label"], t.batch_size,
+                                               cfg.data.samples_per_class, self.shuffle_generator,
+                                               balanced=cfg.data.sampler == "class_balanced")
+            self.train_loader = DataLoader(tokenized["train"], batch_sampler=sampler, collate_fn=collator,
+                                           num_workers=cfg.data.num_workers)
         splits = ("validation", "test") if cfg.eval.test else ("validation",)  # tuning never reads test
         self.eval_loaders = {name: loader(tokenized[name], t.eval_batch_size) for name in splits}
         probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
