@@ -54,8 +54,10 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: Literal["transformer", "lstm"] = "transformer"
-    num_layers: int = 3  # encoder blocks after the embedding block
+    encoder: Literal["transformer", "lstm", "pretrained"] = "transformer"
+    # encoder blocks after the embedding block; null: 3 (transformer, lstm) or every layer of `pretrained`
+    num_layers: int | None = None
+    pretrained: str | None = None  # encoder=pretrained: Hub id or local directory of a BERT-layout/DistilBERT model
     hidden_size: int = 300  # Transformer d_model / LSTM units per direction
     embed_dim: int | None = None  # default: hidden_size
     num_heads: int = 6
@@ -68,7 +70,11 @@ class ModelConfig:
     lstm_state_handoff: bool = False  # reference SCPL: an LSTM block starts from the previous final (h, c)
     groups: int | list[int] | None = None  # layer groups over the num_layers + 1 blocks; None = one block each
     word_vectors: str | None = None  # GloVe-format text file
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = False  # pretrained: the whole Hub embedding module
+
+    def __post_init__(self):
+        if self.num_layers is None and self.encoder != "pretrained":
+            self.num_layers = 3  # a pretrained model's count is known once it is loaded (models.pretrained)
 
 
 @dataclass
@@ -98,7 +104,8 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    head_lr: float | None = None  # heads (projections, classifiers, AL's label side); null: train.lr
+    weight_decay: float = 0.0  # never on biases and normalisation weights (see nlp_decouple.optim)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_ratio: float = 0.0
     grad_clip: float | None = None
@@ -286,11 +293,15 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
             if isinstance(raw.get("tokenizer"), dict):
                 raw["tokenizer"].pop(other, None)
     cfg = _build(Config, raw, "")
+    if cfg.model.encoder == "pretrained" and not (cfg.tokenizer.name or cfg.tokenizer.train):
+        cfg.tokenizer.name = cfg.model.pretrained  # the model's own tokenizer by default
     validate(cfg)
     return cfg
 
 
 def num_blocks(cfg: Config) -> int:
+    if cfg.model.num_layers is None:  # a programming error: building the model resolves it
+        raise ValueError("model.num_layers=null (all of a pretrained model's layers) is known once the model is built")
     return cfg.model.num_layers + 1  # the embedding block, then the encoder blocks
 
 
@@ -308,6 +319,24 @@ def group_sizes(cfg: Config) -> list[int]:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def check_groups(m: ModelConfig) -> None:
+    """model.groups against the block count; with a pretrained model's layer count still unknown
+    (num_layers null), only the sizes: the builder calls this again once the model is loaded."""
+    if m.num_layers is None:
+        _check(not isinstance(m.groups, int) or m.groups >= 1, f"model.groups: {m.groups} must be >= 1")
+        _check(not isinstance(m.groups, list) or all(g > 0 for g in m.groups),
+               f"model.groups: {m.groups} must be positive sizes")
+        return
+    n = m.num_layers + 1
+    if isinstance(m.groups, int):
+        _check(1 <= m.groups <= n, f"model.groups: {m.groups} groups cannot be cut from {n} blocks "
+               f"(embedding + model.num_layers={m.num_layers}); use 1..{n}")
+    elif isinstance(m.groups, list):
+        _check(all(g > 0 for g in m.groups) and sum(m.groups) == n,
+               f"model.groups: {m.groups} must be positive sizes summing to {n} "
+               f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
 
 
 def validate(cfg: Config) -> None:
@@ -335,8 +364,9 @@ def validate(cfg: Config) -> None:
            "exclude each other: set one of them to null")
     _check(tok.vocab_size >= 100, f"tokenizer.vocab_size: {tok.vocab_size} is too small (use at least 100)")
     _check(tok.min_frequency >= 1, f"tokenizer.min_frequency: {tok.min_frequency} must be >= 1")
-    for key in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
+    for key in ("hidden_size", "num_heads", "ffn_size"):
         _check(getattr(m, key) > 0, f"model.{key}: {getattr(m, key)} must be a positive integer")
+    _check(m.num_layers is None or m.num_layers > 0, f"model.num_layers: {m.num_layers} must be a positive integer")
     _check(m.embed_dim is None or m.embed_dim > 0, f"model.embed_dim: {m.embed_dim} must be positive")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout: {m.dropout} must be in [0, 1)")
     if m.encoder == "transformer":
@@ -345,14 +375,15 @@ def validate(cfg: Config) -> None:
         embed = m.embed_dim or m.hidden_size
         _check(embed == m.hidden_size,
                f"model.embed_dim={embed} must equal model.hidden_size={m.hidden_size} for the Transformer")
-    n = num_blocks(cfg)
-    if isinstance(m.groups, int):
-        _check(1 <= m.groups <= n, f"model.groups: {m.groups} groups cannot be cut from {n} blocks "
-               f"(embedding + model.num_layers={m.num_layers}); use 1..{n}")
-    elif isinstance(m.groups, list):
-        _check(all(g > 0 for g in m.groups) and sum(m.groups) == n,
-               f"model.groups: {m.groups} must be positive sizes summing to {n} "
-               f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
+    if m.encoder == "pretrained":
+        _check(bool(m.pretrained), "model.encoder=pretrained needs model.pretrained=<Hub id or local directory>, "
+               "e.g. model.pretrained=sentence-transformers/all-MiniLM-L6-v2")
+        _check(m.word_vectors is None, "model.word_vectors: a pretrained encoder brings its own embeddings; "
+               "unset model.word_vectors")
+    else:
+        _check(m.pretrained is None, f"model.pretrained={m.pretrained!r} is read only by model.encoder=pretrained: "
+               "set model.encoder=pretrained or model.pretrained=null")
+    check_groups(m)
     _check(meth.temperature > 0, f"method.temperature: {meth.temperature} must be > 0")
     _check(meth.projection_dim is None or meth.projection_dim > 0, "method.projection_dim must be positive")
     _check(meth.projection != "identity" or meth.projection_dim is None,
@@ -367,6 +398,7 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size > 1, f"train.batch_size: {t.batch_size} must be >= 2 (contrastive losses need pairs)")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size: {t.eval_batch_size} must be positive")
     _check(t.lr > 0, f"train.lr: {t.lr} must be > 0, e.g. train.lr=1e-3")
+    _check(t.head_lr is None or t.head_lr > 0, f"train.head_lr: {t.head_lr} must be > 0 or null (= train.lr)")
     _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
     _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
     _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")
