@@ -11,10 +11,10 @@ within a combination. Modes, each on a fresh copy of the same initial model:
 - ``scpl_sequential``: the trainer's per-group loop, one stage after the other in one thread;
 - ``scpl_1thread`` (not in the default ``--modes``): the same on one intra-op thread; ``stages x`` its
   speed is what the pipeline's one-thread stages would reach with no overhead (``pipeline_efficiency``);
-- ``scpl_pipeline``: :class:`nlp_decouple.pipeline.PipelineRunner`, one thread per stage on
+- ``scpl_pipeline``: :class:`nlp_decouple.engines.ThreadedPipeline`, one thread per stage on
   ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
   ``auto``: the visible GPUs);
-- ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.pipeline.GPipeBP`,
+- ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.engines.GPipe`,
   ``--micro-batches`` chunks through the same placement, one optimizer step per batch.
 
 Stages should cost about the same: the embedding block is nearly free, so an even number of encoder
@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from nlp_decouple.config import group_sizes, load_config  # noqa: E402
 from nlp_decouple.classifier import StagedClassifier  # noqa: E402
-from nlp_decouple.pipeline import GPipeBP, PipelineRunner, assign_devices, place_stages, thread_budget  # noqa: E402
+from nlp_decouple.engines import GPipe, ThreadedPipeline, assign_devices, place_stages, thread_budget  # noqa: E402
 
 
 def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, classes: int, seed: int, pin: bool):
@@ -117,16 +117,16 @@ def run_sequential(model: StagedClassifier, devices, batches, lr: float) -> list
 
 def run_pipeline(model: StagedClassifier, devices, batches, lr: float, queue_size: int,
                  threads: int | None) -> list[list[float]]:
-    with PipelineRunner(list(model.stages), devices, updater(model, lr), decoupled=True,
+    with ThreadedPipeline(list(model.stages), devices, updater(model, lr), decoupled=True,
                         queue_size=queue_size, threads_per_stage=threads) as runner:
-        rows = list(runner.run(batches))
+        rows = [values for _, values in runner.run(batches)]
     sync(devices)
     return rows
 
 
 def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batches: int,
               threads: int | None) -> list[list[float]]:
-    gpipe = GPipeBP(model.stages[0], devices, micro_batches=micro_batches, threads_per_partition=threads)
+    gpipe = GPipe(model.stages[0], devices, micro_batches=micro_batches, threads_per_partition=threads)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)
     rows = []
     for batch in batches:

@@ -19,8 +19,10 @@ class StagedClassifier(nn.Module):
         self.infer = infer  # the method's inference hook (Method.infer), applied by run() without labels
 
     @classmethod
-    def from_config(cls, cfg: Config, vocab_size: int, pad_id: int, num_classes: int, max_length: int):
-        blocks = build_blocks(cfg.model, vocab_size, pad_id, max_length)
+    def from_config(cls, cfg: Config, vocab_size: int, pad_id: int, num_classes: int, max_length: int,
+                    hub_config: dict | None = None):
+        """``hub_config``: rebuild a saved pretrained encoder from its Hub config (no download)."""
+        blocks = build_blocks(cfg.model, vocab_size, pad_id, max_length, hub_config)
         groups = cut_into_groups(blocks, group_sizes(cfg))
         method = get_method(cfg.method.name)
         return cls(method.build(cfg.method, groups, num_classes), method.info.decoupled, method.infer)

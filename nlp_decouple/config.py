@@ -28,7 +28,7 @@ class DataConfig:
     label_field: str | None = None
     label_offset: int = 0  # added to integer labels, e.g. -1 for the classic 1-based AG News CSV
     max_length: int | None = None  # tokens; default from the registry
-    val_fraction: float = 0.1  # carved from train, stratified
+    val_fraction: float = 0.1  # carved from train, stratified, when the source has no validation split
     test_fraction: float = 0.2  # only used when the source has no test split
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -36,6 +36,10 @@ class DataConfig:
     synthetic_train_size: int = 4000
     synthetic_test_size: int = 1000
     num_workers: int = 0
+    # training batches: random, or groups of samples_per_class texts of one class (nlp_decouple.data.sampling):
+    # grouped keeps class frequencies and shows each text once an epoch; class_balanced draws classes uniformly
+    sampler: Literal["random", "grouped", "class_balanced"] = "random"
+    samples_per_class: int = 4
 
 
 @dataclass
@@ -50,8 +54,10 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: Literal["transformer", "lstm"] = "transformer"
-    num_layers: int = 3  # encoder blocks after the embedding block
+    encoder: Literal["transformer", "lstm", "pretrained"] = "transformer"
+    # encoder blocks after the embedding block; null: 3 (transformer, lstm) or every layer of `pretrained`
+    num_layers: int | None = None
+    pretrained: str | None = None  # encoder=pretrained: Hub id or local directory of a BERT-layout/DistilBERT model
     hidden_size: int = 300  # Transformer d_model / LSTM units per direction
     embed_dim: int | None = None  # default: hidden_size
     num_heads: int = 6
@@ -64,7 +70,11 @@ class ModelConfig:
     lstm_state_handoff: bool = False  # reference SCPL: an LSTM block starts from the previous final (h, c)
     groups: int | list[int] | None = None  # layer groups over the num_layers + 1 blocks; None = one block each
     word_vectors: str | None = None  # GloVe-format text file
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = False  # pretrained: the whole Hub embedding module
+
+    def __post_init__(self):
+        if self.num_layers is None and self.encoder != "pretrained":
+            self.num_layers = 3  # a pretrained model's count is known once it is loaded (models.pretrained)
 
 
 @dataclass
@@ -75,6 +85,7 @@ class MethodConfig:
     projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
     projection_dim: int | None = None  # default: the group's pooled size
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
+    supcon_queue: int = 0  # SCPL: past features (and labels) kept as extra positives/negatives; 0 = off
     ce_weight: float = 0.001  # DeInfoReg's classifier weight
     inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads
@@ -93,7 +104,8 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    head_lr: float | None = None  # heads (projections, classifiers, AL's label side); null: train.lr
+    weight_decay: float = 0.0  # never on biases and normalisation weights (see nlp_decouple.optim)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_ratio: float = 0.0
     grad_clip: float | None = None
@@ -259,6 +271,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def config_from_dict(raw: dict) -> Config:
     """A validated Config from plain data (e.g. a saved config.yaml); keys it lacks take their defaults."""
     cfg = _build(Config, raw, "")
+    if cfg.model.encoder == "pretrained" and not (cfg.tokenizer.name or cfg.tokenizer.train):
+        cfg.tokenizer.name = cfg.model.pretrained  # the model's own tokenizer by default
     validate(cfg)
     return cfg
 
@@ -291,6 +305,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
 
 
 def num_blocks(cfg: Config) -> int:
+    if cfg.model.num_layers is None:  # a programming error: building the model resolves it
+        raise ValueError("model.num_layers=null (all of a pretrained model's layers) is known once the model is built")
     return cfg.model.num_layers + 1  # the embedding block, then the encoder blocks
 
 
@@ -310,6 +326,24 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def check_groups(m: ModelConfig) -> None:
+    """model.groups against the block count; with a pretrained model's layer count still unknown
+    (num_layers null), only the sizes: the builder calls this again once the model is loaded."""
+    if m.num_layers is None:
+        _check(not isinstance(m.groups, int) or m.groups >= 1, f"model.groups: {m.groups} must be >= 1")
+        _check(not isinstance(m.groups, list) or all(g > 0 for g in m.groups),
+               f"model.groups: {m.groups} must be positive sizes")
+        return
+    n = m.num_layers + 1
+    if isinstance(m.groups, int):
+        _check(1 <= m.groups <= n, f"model.groups: {m.groups} groups cannot be cut from {n} blocks "
+               f"(embedding + model.num_layers={m.num_layers}); use 1..{n}")
+    elif isinstance(m.groups, list):
+        _check(all(g > 0 for g in m.groups) and sum(m.groups) == n,
+               f"model.groups: {m.groups} must be positive sizes summing to {n} "
+               f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
+
+
 def validate(cfg: Config) -> None:
     d, m, t, meth = cfg.data, cfg.model, cfg.train, cfg.method
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction: {d.val_fraction} must be in (0, 1)")
@@ -321,6 +355,11 @@ def validate(cfg: Config) -> None:
     _check(d.synthetic_train_size >= 20 and d.synthetic_test_size >= 10,
            "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
     _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
+    if d.sampler != "random":
+        _check(d.samples_per_class >= 2, f"data.samples_per_class: {d.samples_per_class} must be >= 2 "
+               "(a text needs another of its class in the batch)")
+        _check(cfg.train.batch_size % d.samples_per_class == 0, f"data.samples_per_class={d.samples_per_class} "
+               f"must divide train.batch_size={cfg.train.batch_size}: e.g. data.samples_per_class=4 with a batch of 128")
     _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
     close = difflib.get_close_matches(d.name, known_names(), n=1)
     _check(d.name in DATASETS or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
@@ -330,8 +369,9 @@ def validate(cfg: Config) -> None:
            "exclude each other: set one of them to null")
     _check(tok.vocab_size >= 100, f"tokenizer.vocab_size: {tok.vocab_size} is too small (use at least 100)")
     _check(tok.min_frequency >= 1, f"tokenizer.min_frequency: {tok.min_frequency} must be >= 1")
-    for key in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
+    for key in ("hidden_size", "num_heads", "ffn_size"):
         _check(getattr(m, key) > 0, f"model.{key}: {getattr(m, key)} must be a positive integer")
+    _check(m.num_layers is None or m.num_layers > 0, f"model.num_layers: {m.num_layers} must be a positive integer")
     _check(m.embed_dim is None or m.embed_dim > 0, f"model.embed_dim: {m.embed_dim} must be positive")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout: {m.dropout} must be in [0, 1)")
     if m.encoder == "transformer":
@@ -340,19 +380,21 @@ def validate(cfg: Config) -> None:
         embed = m.embed_dim or m.hidden_size
         _check(embed == m.hidden_size,
                f"model.embed_dim={embed} must equal model.hidden_size={m.hidden_size} for the Transformer")
-    n = num_blocks(cfg)
-    if isinstance(m.groups, int):
-        _check(1 <= m.groups <= n, f"model.groups: {m.groups} groups cannot be cut from {n} blocks "
-               f"(embedding + model.num_layers={m.num_layers}); use 1..{n}")
-    elif isinstance(m.groups, list):
-        _check(all(g > 0 for g in m.groups) and sum(m.groups) == n,
-               f"model.groups: {m.groups} must be positive sizes summing to {n} "
-               f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
+    if m.encoder == "pretrained":
+        _check(bool(m.pretrained), "model.encoder=pretrained needs model.pretrained=<Hub id or local directory>, "
+               "e.g. model.pretrained=sentence-transformers/all-MiniLM-L6-v2")
+        _check(m.word_vectors is None, "model.word_vectors: a pretrained encoder brings its own embeddings; "
+               "unset model.word_vectors")
+    else:
+        _check(m.pretrained is None, f"model.pretrained={m.pretrained!r} is read only by model.encoder=pretrained: "
+               "set model.encoder=pretrained or model.pretrained=null")
+    check_groups(m)
     _check(meth.temperature > 0, f"method.temperature: {meth.temperature} must be > 0")
     _check(meth.projection_dim is None or meth.projection_dim > 0, "method.projection_dim must be positive")
     _check(meth.projection != "identity" or meth.projection_dim is None,
            "method.projection=identity keeps the pooled size: unset method.projection_dim or use "
            "method.projection=linear|mlp|mlp_bn")
+    _check(meth.supcon_queue >= 0, f"method.supcon_queue: {meth.supcon_queue} must be >= 0 (0 turns the memory off)")
     _check(meth.ce_weight >= 0, f"method.ce_weight: {meth.ce_weight} must be >= 0")
     _check(len(meth.inforeg_weights) == 3 and all(w >= 0 for w in meth.inforeg_weights),
            "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")
@@ -361,6 +403,7 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size > 1, f"train.batch_size: {t.batch_size} must be >= 2 (contrastive losses need pairs)")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size: {t.eval_batch_size} must be positive")
     _check(t.lr > 0, f"train.lr: {t.lr} must be > 0, e.g. train.lr=1e-3")
+    _check(t.head_lr is None or t.head_lr > 0, f"train.head_lr: {t.head_lr} must be > 0 or null (= train.lr)")
     _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
     _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
     _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")

@@ -26,18 +26,24 @@ from .errors import UserError
 from .registry import METHODS
 from .classifier import StagedClassifier
 from .models.blocks import EmbeddingBlock, sinusoidal_table
+from .models.pretrained import HubEmbeddingBlock, reset_index_buffers
 
 
 class DecoupledTextConfig(PretrainedConfig):
     """The encoder (``encoder``: ModelConfig fields) and the method (``method``: MethodConfig fields) as
-    plain dicts, plus the vocabulary size, padding id, sequence length and label names."""
+    plain dicts, plus the vocabulary size, padding id, sequence length, label names and, for a pretrained
+    encoder, the inner Hub model's config (``pretrained_config``)."""
 
     model_type = "nlp_decouple"
 
     def __init__(self, encoder: dict | None = None, method: dict | None = None, vocab_size: int = 0,
-                 pad_token_id: int = 0, max_seq_length: int = 128, **kwargs):
+                 pad_token_id: int = 0, max_seq_length: int = 128, pretrained_config: dict | None = None,
+                 **kwargs):
         self.encoder = dict(encoder or {})
         self.method = dict(method or {})
+        # encoder=pretrained: the inner Hub model's config (only the layers kept), so loading builds it
+        # from this file alone: no Hub access, no original weights
+        self.pretrained_config = pretrained_config
         self.vocab_size = vocab_size
         self.max_seq_length = max_seq_length
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -62,24 +68,29 @@ class DecoupledForSequenceClassification(PreTrainedModel):
     def __init__(self, config: DecoupledTextConfig):
         super().__init__(config)
         self.staged = StagedClassifier.from_config(config.run_config(), config.vocab_size, config.pad_token_id,
-                                                   config.num_labels, config.max_seq_length)
+                                                   config.num_labels, config.max_seq_length,
+                                                   hub_config=config.pretrained_config)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: torch.nn.Module) -> None:
         """The blocks and heads initialise their parameters when built, and loading overwrites them; only
-        the sinusoidal table (a non-persistent buffer, left empty by ``from_pretrained``) is recomputed."""
+        the non-persistent buffers that ``from_pretrained`` leaves empty are recomputed: the sinusoidal
+        table, and the position and token-type ids of a pretrained encoder's Hub embedding module."""
         if isinstance(module, EmbeddingBlock) and module.positional == "sinusoidal":
             module.position_table.copy_(sinusoidal_table(*module.position_table.shape))
+        reset_index_buffers(module)
 
     @classmethod
     def from_staged(cls, staged: StagedClassifier, cfg: Config, vocab_size: int, pad_token_id: int,
                     max_seq_length: int, label_names: list[str]) -> "DecoupledForSequenceClassification":
         """Wrap a trained model (its weights shared, not copied) for ``save_pretrained``."""
         encoder = {**dataclasses.asdict(cfg.model), "word_vectors": None}  # the vectors live in the weights
+        first = staged.stages[0].groups[0].blocks[0]
+        hub = first.hub_config.to_dict() if isinstance(first, HubEmbeddingBlock) else None
         config = DecoupledTextConfig(
             encoder=encoder, method=dataclasses.asdict(cfg.method), vocab_size=vocab_size,
-            pad_token_id=pad_token_id, max_seq_length=max_seq_length,
+            pad_token_id=pad_token_id, max_seq_length=max_seq_length, pretrained_config=hub,
             id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
         model = cls.__new__(cls)  # not cls(config): that would build (and randomly initialise) a second model
         PreTrainedModel.__init__(model, config)

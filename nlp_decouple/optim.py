@@ -20,9 +20,18 @@ from .errors import UserError
 
 
 def parameter_groups(stage: nn.Module, t: TrainConfig) -> list[dict]:
-    """The optimizer's parameter groups for one stage (trainable parameters only)."""
-    params = [p for p in stage.parameters() if p.requires_grad]
-    return [{"params": params}] if params else []
+    """The optimizer's parameter groups for one stage (trainable parameters only), the fine-tuning
+    conventions for every encoder: the encoder body (``stage.groups``) at ``train.lr`` and the heads (the
+    rest: projections, classifiers, AL's label side) at ``train.head_lr``; weight decay on weight matrices
+    and embeddings only, never on biases and normalisation weights (every parameter of fewer than 2 dims)."""
+    body = {id(p) for p in stage.groups.parameters()} if hasattr(stage, "groups") else set()
+    head_lr = t.lr if t.head_lr is None else t.head_lr
+    buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for p in stage.parameters():
+        if p.requires_grad:
+            key = (t.lr if id(p) in body else head_lr, t.weight_decay if p.ndim >= 2 else 0.0)
+            buckets.setdefault(key, []).append(p)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in buckets.items()]
 
 
 @dataclass

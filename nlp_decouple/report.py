@@ -2,10 +2,13 @@
 
     nlp-decouple report RUN_DIR... --out reports/agnews   (the command: nlp_decouple.cli.report)
 
-Runs are grouped by (encoder, method); each group's seeds give mean ± std. Writes ``report.md`` (table with
-the best value per column in bold, settings, plots inline), ``report.json`` (everything in the table, and
-each run) and PNG plots: validation accuracy per epoch, accuracy per layer group, throughput and memory,
-confusion matrices of each method's best run (chosen on validation accuracy).
+Runs are grouped by (encoder, method); each group's seeds give mean ± std and a 95% t interval of the mean.
+Each method is set against BP of the same encoder, paired by seed: per-seed differences, their mean and a
+paired bootstrap interval over seed pairs and test examples (``nlp_decouple.stats``; needs each run's
+``test_predictions.json``). Writes ``report.md`` (table with the best value per column in bold, the paired
+differences, settings, plots inline), ``report.json`` (everything in the tables, and each run) and PNG
+plots: validation accuracy per epoch, accuracy per layer group, throughput and memory, confusion matrices of
+each method's best run (chosen on validation accuracy).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import yaml
 
 from .errors import UserError
 from .registry import METHODS, method_order
+from .stats import paired_bootstrap, percentile_interval, t_interval, verdict
 
 # settings shown in the report when every run shares them
 SETTINGS = ["data.name", "data.path", "tokenizer.name", "tokenizer.train", "model.encoder", "model.num_layers",
@@ -36,6 +40,7 @@ class Run:
     results: dict
     history: list[dict]
     config: dict
+    predictions: dict | None = None  # test_predictions.json: labels and predicted ids at the best epoch
 
     @property
     def key(self) -> tuple[str, str]:
@@ -59,7 +64,9 @@ def load_run(path: Path) -> Run:
     metrics = path / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    return Run(path, json.loads(results.read_text()), history, config)
+    predictions = path / "test_predictions.json"  # absent in runs from before it was written
+    return Run(path, json.loads(results.read_text()), history, config,
+               json.loads(predictions.read_text()) if predictions.is_file() else None)
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -78,12 +85,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(group: Group) -> dict:
     res = [r.results for r in group.runs]
-    acc, f1 = _mean_std([100 * r["test_accuracy"] for r in res]), _mean_std([100 * r["test_macro_f1"] for r in res])
+    accs, f1s = [100 * r["test_accuracy"] for r in res], [100 * r["test_macro_f1"] for r in res]
+    acc, f1 = _mean_std(accs), _mean_std(f1s)
     return {
         "label": group.label, "encoder": group.runs[0].key[0], "method": group.runs[0].key[1],
         "seeds": [r["seed"] for r in res], "runs": [str(r.path) for r in group.runs],
         "test_accuracy_mean": acc[0], "test_accuracy_std": acc[1],
         "test_macro_f1_mean": f1[0], "test_macro_f1_std": f1[1],
+        "test_accuracy_ci95": t_interval(accs), "test_macro_f1_ci95": t_interval(f1s),
         "last_epoch_accuracy_mean": statistics.fmean(100 * r["last_epoch_test_accuracy"] for r in res),
         "best_epochs": [r["best_epoch"] for r in res],
         "time_per_epoch_s": statistics.fmean(r["time_per_epoch_s"] for r in res),
@@ -108,6 +117,57 @@ def _layerwise_mean(results: list[dict]) -> list[dict] | None:
     return rows
 
 
+# ---------------------------------------------------------------- against BP
+
+def against_bp(group: Group, bp: Group, resamples: int = 2000, seed: int = 0) -> dict:
+    """The method minus BP (percentage points), paired by seed, with a paired bootstrap interval of the
+    accuracy difference when every paired run has usable per-example test predictions."""
+    mine, ref = ({r.results["seed"]: r for r in g.runs} for g in (group, bp))
+    seeds = sorted(mine.keys() & ref.keys())
+    diffs = {key: [100 * (mine[s].results[key] - ref[s].results[key]) for s in seeds]
+             for key in ("test_accuracy", "test_macro_f1")}
+    correct, note = _correctness([mine[s] for s in seeds] + [ref[s] for s in seeds]) if seeds else (
+        None, f"no seed in common with {bp.label}")
+    interval = None
+    if correct is not None:
+        replicates = paired_bootstrap(correct[:len(seeds)] - correct[len(seeds):], resamples, seed)
+        interval = [100 * v for v in percentile_interval(replicates)]
+    return {"reference": bp.label, "seeds": seeds,
+            "test_accuracy_diff": diffs["test_accuracy"], "test_macro_f1_diff": diffs["test_macro_f1"],
+            "test_accuracy_diff_mean": statistics.fmean(diffs["test_accuracy"]) if seeds else None,
+            "test_macro_f1_diff_mean": statistics.fmean(diffs["test_macro_f1"]) if seeds else None,
+            "interval": interval, "verdict": verdict(interval), "note": note}
+
+
+def _correctness(runs: list[Run]) -> tuple[np.ndarray | None, str | None]:
+    """Per run, per test example: 1 if predicted right. None (and why) when the runs cannot be paired
+    example by example."""
+    rows, labels = [], None
+    for run in runs:
+        p, name = run.predictions, run.path.name if run.path else "a run"
+        if p is None:
+            return None, f"{name} has no test_predictions.json (trained before it was saved)"
+        if p["epoch"] != run.results["best_epoch"]:
+            return None, f"{name}: test_predictions.json is not from the best epoch"
+        if labels is None:
+            labels = np.asarray(p["labels"])
+        elif not np.array_equal(labels, p["labels"]):
+            return None, f"{name} was tested on other examples (or in another order)"
+        correct = np.asarray(p["predictions"]) == labels
+        if abs(correct.mean() - run.results["test_accuracy"]) > 1e-6:
+            return None, f"{name}: test_predictions.json disagrees with results.json"
+        rows.append(correct)
+    return np.asarray(rows, dtype=np.int8), None
+
+
+def add_comparisons(groups: list[Group], rows: list[dict], resamples: int, seed: int) -> None:
+    """Set each row's ``vs_bp`` against the BP group of its encoder (None for BP and where BP is absent)."""
+    bp = {g.runs[0].key[0]: g for g in groups if g.runs[0].key[1] == "bp"}
+    for g, row in zip(groups, rows):
+        encoder, method = g.runs[0].key
+        row["vs_bp"] = against_bp(g, bp[encoder], resamples, seed) if method != "bp" and encoder in bp else None
+
+
 # ---------------------------------------------------------------- Markdown
 
 COLUMNS = [  # key, header, format, best is max (True) / min (False)
@@ -121,9 +181,34 @@ COLUMNS = [  # key, header, format, best is max (True) / min (False)
 ]
 
 
+def _ci_cell(row: dict) -> str:
+    ci = row.get("test_accuracy_ci95")
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "—"
+
+
+def _delta_text(vs: dict) -> str:
+    """Mean difference to BP and its interval, e.g. ``-1.20 [-2.05, -0.31]``."""
+    if not vs["seeds"]:
+        return "no common seed"
+    text = f"{vs['test_accuracy_diff_mean']:+.2f}"
+    return f"{text} (no interval)" if vs["interval"] is None else f"{text} [{vs['interval'][0]:+.2f}, {vs['interval'][1]:+.2f}]"
+
+
+def _vs_bp_cell(row: dict) -> str:
+    vs = row.get("vs_bp")
+    if vs is None:
+        return "reference" if row.get("method") == "bp" else "—"
+    return _delta_text(vs) + (f" {vs['verdict']}" if vs["interval"] else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
-    header = "| method | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [header, "|---|---|" + "---|" * len(COLUMNS)]
+    """The main table; after test accuracy, its 95% interval over seeds and (when BP is in the report) the
+    difference to BP with its paired bootstrap interval and verdict."""
+    extra = {"95% CI (seeds)": _ci_cell}
+    if any(r.get("vs_bp") for r in rows):
+        extra["Δ acc vs BP [95% CI]"] = _vs_bp_cell
+    headers = [COLUMNS[0][1], *extra, *(c[1] for c in COLUMNS[1:])]
+    lines = ["| method | seeds | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(headers)]
     best = {}
     for key, _, _, maximise in COLUMNS:
         values = [r[f"{key}_mean"] if f"{key}_mean" in r else r[key] for r in rows]
@@ -138,8 +223,34 @@ def markdown_table(rows: list[dict]) -> str:
                 value = r[key]
                 text = fmt.format(value)
             cells.append(f"**{text}**" if len(rows) > 1 and value == best[key] else text)
+        cells[1:1] = [cell(r) for cell in extra.values()]
         lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_section(rows: list[dict], resamples: int, seed: int) -> list[str]:
+    """Markdown lines: per-seed differences to BP and how the intervals were made (empty without BP)."""
+    paired = [r for r in rows if r.get("vs_bp")]
+    if not paired:
+        return []
+    lines = ["**Against BP, paired by seed** (method − BP, percentage points)", "",
+             "| method | paired seeds | Δ accuracy per seed | Δ macro-F1 per seed | mean Δ accuracy [95% CI] | verdict |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for r in paired:
+        vs = r["vs_bp"]
+        per_seed = {k: ", ".join(f"{d:+.2f}" for d in vs[k]) or "—" for k in ("test_accuracy_diff", "test_macro_f1_diff")}
+        lines.append(f"| {r['label']} | {', '.join(map(str, vs['seeds'])) or 'none'} | {per_seed['test_accuracy_diff']} | "
+                     f"{per_seed['test_macro_f1_diff']} | {_delta_text(vs)} | {vs['verdict']} |")
+        if vs["note"]:
+            notes.append(f"{r['label']}: {vs['note']}")
+    lines += ["", "95% CI (seeds): Student t interval of the mean test accuracy over seeds. Δ acc vs BP: mean over "
+              f"paired seeds of the test-accuracy difference; its 95% CI is a paired bootstrap ({resamples} resamples, "
+              f"RNG seed {seed}) that resamples seed pairs and test examples, the same examples for both methods. "
+              "*not detectable*: the interval contains 0, so these runs do not show a difference."]
+    if notes:
+        lines += ["", "Paired interval unavailable — " + "; ".join(notes) + "."]
+    return lines
 
 
 def shared_settings(runs: list[Run]) -> tuple[dict, list[str]]:
@@ -159,7 +270,8 @@ def shared_settings(runs: list[Run]) -> tuple[dict, list[str]]:
     return same, differ
 
 
-def write_markdown(out: Path, title: str, rows: list[dict], runs: list[Run], plots: dict[str, str]) -> str:
+def write_markdown(out: Path, title: str, rows: list[dict], runs: list[Run], plots: dict[str, str],
+                   resamples: int = 2000, seed: int = 0) -> str:
     same, differ = shared_settings(runs)
     first = runs[0].results
     data = first.get("data", {})
@@ -168,8 +280,10 @@ def write_markdown(out: Path, title: str, rows: list[dict], runs: list[Run], plo
              f"{len(runs)} runs; device `{first.get('device')}`; data {sizes or '?'}. Test accuracy and macro-F1 "
              "are at each run's best-validation epoch (mean ± std over seeds); best value per column in bold. "
              f"Peak memory: {rows[0]['peak_memory_kind']}.", "",
-             markdown_table(rows), "",
-             "Settings shared by every run: " + ", ".join(f"`{k}={v}`" for k, v in same.items()) + "."]
+             markdown_table(rows), ""]
+    if paired := paired_section(rows, resamples, seed):
+        lines += [*paired, ""]
+    lines += ["Settings shared by every run: " + ", ".join(f"`{k}={v}`" for k, v in same.items()) + "."]
     if differ:
         lines.append(f"Settings that differ between runs: {', '.join(differ)}.")
     captions = {"val_accuracy": "Validation accuracy per epoch (mean over seeds, band: min–max)",
@@ -295,12 +409,17 @@ def _save(fig, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry points
 
-def build_report(run_dirs: list[Path], out: Path, title: str = "Decoupled vs BP: comparison report") -> dict:
+def build_report(run_dirs: list[Path], out: Path, title: str = "Decoupled vs BP: comparison report",
+                 resamples: int = 2000, seed: int = 0) -> dict:
+    """``resamples`` and ``seed``: the paired bootstrap's number of resamples and RNG seed."""
     runs = [load_run(Path(p)) for p in run_dirs]
     if not runs:
         raise UserError("no runs to report on: give finished run directories")
+    if resamples < 1:
+        raise UserError(f"resamples={resamples}: give at least 1 (default 2000)")
     groups = group_runs(runs)
     rows = [summarise(g) for g in groups]
+    add_comparisons(groups, rows, resamples, seed)
     out.mkdir(parents=True, exist_ok=True)
     plots = {}
     if plot_val_accuracy(groups, out / "val_accuracy.png"):
@@ -311,9 +430,12 @@ def build_report(run_dirs: list[Path], out: Path, title: str = "Decoupled vs BP:
     plots["speed_memory"] = "speed_memory.png"
     plot_confusions(groups, out / "confusion.png")
     plots["confusion"] = "confusion.png"
-    write_markdown(out, title, rows, runs, plots)
+    write_markdown(out, title, rows, runs, plots, resamples, seed)
     report = {"title": title, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "rows": rows, "plots": plots, "settings": shared_settings(runs)[0],
+              "statistics": {"level": 0.95, "seed_interval": "Student t over seeds",
+                             "vs_bp_interval": "paired bootstrap over seed pairs and test examples",
+                             "bootstrap_resamples": resamples, "bootstrap_seed": seed},
               "runs": [{"path": str(r.path), **{k: r.results[k] for k in (
                   "method", "encoder", "seed", "best_epoch", "validation_accuracy", "test_accuracy", "test_macro_f1",
                   "last_epoch_test_accuracy", "time_per_epoch_s", "train_samples_per_s", "peak_memory_mb",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from conftest import SWEEP_METHODS, SWEEP_SEEDS
 from nlp_decouple.errors import UserError
 from nlp_decouple.report import Run, build_report, markdown_table, shared_settings
+from nlp_decouple.stats import t_interval, verdict
 
 NAMES = {"bp": "BP", "early_exit": "Early Exit", "al": "AL"}
 
@@ -32,6 +34,15 @@ def test_report_numbers_match_every_runs_results(tiny_sweep, tmp_path):
         layer = row["groups_test_accuracy"]  # embedding + 2 BiLSTM blocks
         assert [g["group"] for g in layer] == [0, 1, 2]
         assert layer[-1]["test_accuracy"] == pytest.approx(row["test_accuracy_mean"])
+        assert row["test_accuracy_ci95"] == pytest.approx(t_interval(acc))
+        if row["method"] == "bp":
+            assert row["vs_bp"] is None
+            continue
+        bp = [json.loads((tiny_sweep / f"bp-seed{s}" / "results.json").read_text()) for s in SWEEP_SEEDS]
+        vs = row["vs_bp"]  # every run saved its test predictions, consistent with its results.json
+        assert vs["seeds"] == SWEEP_SEEDS and vs["note"] is None
+        assert vs["test_accuracy_diff"] == pytest.approx([a - 100 * b["test_accuracy"] for a, b in zip(acc, bp)])
+        assert vs["interval"][0] <= vs["interval"][1] and vs["verdict"] == verdict(vs["interval"])
     settings = report["settings"]  # BiLSTM runs: the LSTM's pooling is shown, no Transformer-only setting
     assert settings["model.encoder"] == "lstm" and "model.lstm_pooling" in settings
     assert not {"model.norm", "model.pooling", "model.num_heads"} & set(settings)
@@ -82,3 +93,111 @@ def test_report_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match="no results.json"):
         build_report([tmp_path / "run"], tmp_path / "out")
+
+
+# ---------------------------------------------------------------- statistics against BP, on runs made by hand
+
+LABELS = np.arange(200) % 4  # 4 classes, 200 test examples
+T_975_2DF = 4.302652729911275  # Student t quantile for 3 seeds (tables)
+
+
+def fake_run(root, method: str, seed: int, wrong: range | None, predictions_file: bool = True):
+    """A finished run directory whose test predictions are right except on the examples in ``wrong``."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    predictions = LABELS.copy()
+    if wrong is not None:
+        predictions[list(wrong)] = (LABELS[list(wrong)] + 1) % 4
+    path = root / f"{method}-seed{seed}"
+    path.mkdir()
+    results = {"method": method, "encoder": "transformer", "seed": seed, "best_epoch": 3,
+               "validation_accuracy": 0.8, "test_accuracy": float((predictions == LABELS).mean()),
+               "test_macro_f1": float(f1_score(LABELS, predictions, average="macro")),
+               "last_epoch_test_accuracy": 0.8, "time_per_epoch_s": 1.0, "train_samples_per_s": 100.0,
+               "peak_memory_mb": 10.0, "peak_memory_kind": "cpu_max_rss", "num_parameters": 1000,
+               "confusion_matrix": confusion_matrix(LABELS, predictions).tolist()}
+    (path / "results.json").write_text(json.dumps(results))
+    if predictions_file:
+        (path / "test_predictions.json").write_text(json.dumps(
+            {"epoch": 3, "labels": LABELS.tolist(), "predictions": predictions.tolist()}))
+    return path
+
+
+@pytest.fixture
+def bp_runs(tmp_path):
+    # BP wrong on 30, 20 and 40 examples: 85, 90, 80% test accuracy
+    return [fake_run(tmp_path, "bp", s, range(start, start + n)) for s, start, n in ((0, 0, 30), (1, 50, 20), (2, 100, 40))]
+
+
+def test_method_right_wherever_bp_is_wrong_is_higher(bp_runs, tmp_path):
+    scpl = [fake_run(tmp_path, "scpl", s, None) for s in (0, 1, 2)]  # right on every example
+    report = build_report([*bp_runs, *scpl], tmp_path / "report", "paired")
+    bp, row = report["rows"]
+    half = T_975_2DF * 5 / math.sqrt(3)  # accuracies 85, 90, 80: sd 5
+    assert bp["test_accuracy_ci95"] == pytest.approx([85 - half, 85 + half])
+    assert bp["vs_bp"] is None and row["test_accuracy_ci95"] == [100.0, 100.0]
+    vs = row["vs_bp"]
+    assert vs["seeds"] == [0, 1, 2] and vs["test_accuracy_diff"] == pytest.approx([15.0, 10.0, 20.0])
+    assert vs["test_macro_f1_diff"] == pytest.approx([100 * (1 - json.loads((p / "results.json").read_text())[
+        "test_macro_f1"]) for p in bp_runs])
+    assert vs["test_accuracy_diff_mean"] == pytest.approx(15.0)
+    low, high = vs["interval"]
+    assert 5 < low < 15 < high < 25 and vs["verdict"] == "higher" and vs["note"] is None
+    assert report["statistics"]["bootstrap_resamples"] == 2000
+
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["rows"][1]["vs_bp"] == json.loads(json.dumps(vs))
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Δ acc vs BP [95% CI]" in text.splitlines()[4]
+    bp_line = next(l for l in text.splitlines() if l.startswith("| BP | 3 |"))
+    assert f"[{85 - half:.2f}, {85 + half:.2f}] | reference |" in bp_line
+    scpl_line = next(l for l in text.splitlines() if l.startswith("| SCPL | 3 |"))
+    assert f"+15.00 [{low:+.2f}, {high:+.2f}] higher" in scpl_line
+    assert "| SCPL | 0, 1, 2 | +15.00, +10.00, +20.00 |" in text  # the paired-by-seed table
+
+
+def test_identical_predictions_are_not_detectable(bp_runs, tmp_path):
+    same = [fake_run(tmp_path, "al", s, range(start, start + n)) for s, start, n in ((0, 0, 30), (1, 50, 20), (2, 100, 40))]
+    vs = build_report([*bp_runs, *same], tmp_path / "report", resamples=200)["rows"][1]["vs_bp"]
+    assert vs["test_accuracy_diff"] == [0.0, 0.0, 0.0] and vs["interval"] == [0.0, 0.0]
+    assert vs["verdict"] == "not detectable"
+    assert "+0.00 [+0.00, +0.00] not detectable" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_runs_without_test_predictions_still_report(bp_runs, tmp_path):
+    (bp_runs[1] / "test_predictions.json").unlink()  # a run from before the file was written
+    scpl = [fake_run(tmp_path, "scpl", s, range(s * 10)) for s in (0, 1)]  # seed 2 only in BP
+    report = build_report([*bp_runs, *scpl], tmp_path / "report")
+    vs = report["rows"][1]["vs_bp"]
+    assert vs["seeds"] == [0, 1] and vs["test_accuracy_diff"] == pytest.approx([15.0, 5.0])
+    assert vs["interval"] is None and vs["verdict"] == "unavailable"
+    assert "bp-seed1 has no test_predictions.json" in vs["note"]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "+10.00 (no interval)" in text and "Paired interval unavailable — SCPL: bp-seed1" in text
+
+
+def test_predictions_from_another_epoch_are_not_paired(bp_runs, tmp_path):
+    scpl = [fake_run(tmp_path, "scpl", s, None) for s in (0, 1, 2)]
+    stale = json.loads((scpl[2] / "test_predictions.json").read_text())
+    (scpl[2] / "test_predictions.json").write_text(json.dumps({**stale, "epoch": 2}))
+    vs = build_report([*bp_runs, *scpl], tmp_path / "report")["rows"][1]["vs_bp"]
+    assert vs["interval"] is None and "not from the best epoch" in vs["note"]
+
+
+def test_without_bp_there_is_no_comparison_column(tmp_path):
+    runs = [fake_run(tmp_path, "scpl", s, range(10)) for s in (0, 1)]
+    report = build_report(runs, tmp_path / "report")
+    assert report["rows"][0]["vs_bp"] is None
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Δ acc vs BP" not in text and "Against BP" not in text and "95% CI (seeds)" in text
+
+
+def test_report_command_passes_the_bootstrap_settings(bp_runs, tmp_path, capsys):
+    from nlp_decouple.cli.report import main
+
+    scpl = [fake_run(tmp_path, "scpl", s, None) for s in (0, 1, 2)]
+    out = tmp_path / "report"
+    assert main([*map(str, bp_runs + scpl), "--out", str(out), "--resamples", "50", "--bootstrap-seed", "4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["statistics"]["bootstrap_resamples"], report["statistics"]["bootstrap_seed"]) == (50, 4)
+    assert "(50 resamples, RNG seed 4)" in capsys.readouterr().out

@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each with cpu_count/jobs threads")
     parser.add_argument("--launcher", default=None, help='prefix for each run, e.g. "accelerate launch --num_processes 2"')
     parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument("--resamples", type=int, default=2000, help="the report's paired bootstrap resamples (default 2000)")
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..report import build_report
 
         title = args.title or f"{Path(args.recipe).stem}: {', '.join(methods)} x seeds {','.join(map(str, seeds))}"
-        build_report([r.run_dir for r in runs], out / "report", title)
+        build_report([r.run_dir for r in runs], out / "report", title, args.resamples)
         print((out / "report" / "report.md").read_text())
         print(f"[compare] report: {out / 'report' / 'report.md'}", flush=True)
     return 0

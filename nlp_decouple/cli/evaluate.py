@@ -124,9 +124,8 @@ def write_predictions(path: Path, texts: list[str], logits: np.ndarray, names: l
                       labels: np.ndarray | None) -> None:
     import csv
 
-    from scipy.special import softmax
-
-    probs = softmax(logits, axis=-1)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))  # stable softmax, no scipy needed
+    probs = shifted / shifted.sum(axis=-1, keepdims=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -16,13 +16,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories (with results.json)")
     parser.add_argument("--out", type=Path, default=Path("report"), help="report directory (default: ./report)")
     parser.add_argument("--title", default="Decoupled vs BP: comparison report")
+    parser.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's RNG seed (default 0)")
     return parser.parse_args(argv)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = build_report(args.runs, args.out, args.title)
+    report = build_report(args.runs, args.out, args.title, args.resamples, args.bootstrap_seed)
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.md'} ({len(report['runs'])} runs, {len(report['plots'])} plots)", file=sys.stderr)
     return 0

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..config import Config
+from .sampling import ClassGroupedBatchSampler
 
 
 @dataclass
@@ -43,6 +44,13 @@ def build_loaders(tokenized: DatasetDict, tokenizer: PreTrainedTokenizerBase, cf
 
     splits = ("validation", "test") if cfg.eval.test else ("validation",)  # tuning never reads test
     probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
-    return Loaders(train=loader(tokenized["train"], t.batch_size, shuffled=True),
+    if cfg.data.sampler == "random":
+        train = loader(tokenized["train"], t.batch_size, shuffled=True)
+    else:  # batches of samples_per_class texts per class, drawn from the same per-epoch generator
+        sampler = ClassGroupedBatchSampler(tokenized["train"]["label"], t.batch_size, cfg.data.samples_per_class,
+                                           shuffle, balanced=cfg.data.sampler == "class_balanced")
+        train = DataLoader(tokenized["train"], batch_sampler=sampler, collate_fn=collator,
+                           num_workers=cfg.data.num_workers)
+    return Loaders(train=train,
                    evals={name: loader(tokenized[name], t.eval_batch_size) for name in splits},
                    probe=loader(tokenized["train"].select(range(probe_n)), t.eval_batch_size), shuffle=shuffle)

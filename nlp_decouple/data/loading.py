@@ -1,5 +1,6 @@
 """Load a dataset (Hub, local folder or files, synthetic), normalise it to ``text``/``label`` columns,
-carve a stratified validation split from train, cap sizes and add optional label noise."""
+take the source's validation split (or carve a stratified one from train), cap sizes and add optional
+label noise."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
 
+VALIDATION_SPLIT = "validation"  # used as validation when the source has it (and it is not the test split)
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -167,8 +169,15 @@ def load_text_data(cfg: DataConfig, seed: int) -> TextData:
     if len(train) < 4 or len(test) == 0:
         raise UserError(f"dataset is (almost) empty after dropping empty texts: train {len(train)}, "
                         f"test {len(test)} examples; check data.text_fields")
-    parts = train.train_test_split(test_size=cfg.val_fraction, stratify_by_column="label", seed=seed)
-    train, validation = parts["train"], parts["test"]
+    if VALIDATION_SPLIT in raw and VALIDATION_SPLIT not in (train_split, spec.test_split):
+        # the source's own validation split: its authors' held-out set, the same for every seed
+        validation, dropped = _normalise(raw[VALIDATION_SPLIT], "validation", text_fields, label_field, names, cfg)
+        stats["dropped_empty"]["validation"] = dropped
+        validation = validation.shuffle(seed=0)  # a max_eval_samples cap then takes a fair sample
+        stats["validation_from_source"] = True
+    else:
+        parts = train.train_test_split(test_size=cfg.val_fraction, stratify_by_column="label", seed=seed)
+        train, validation = parts["train"], parts["test"]
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
         train = train.shuffle(seed=seed).select(range(cfg.max_train_samples))
     if cfg.max_eval_samples is not None:

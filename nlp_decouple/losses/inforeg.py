@@ -18,12 +18,16 @@ def invariance_term(z: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def variance_term(z: Tensor, eps: float = 1e-4) -> Tensor:
+    if z.shape[0] < 2:
+        # one example has no spread to measure (the unbiased variance is 0/0 = NaN): an explicit 0, still
+        # attached to the graph, rather than a NaN or a constant penalty with no gradient to act on
+        return z.sum() * 0.0
     std = torch.sqrt(z.var(dim=0) + eps)
     return F.relu(1.0 - std).mean() / z.shape[0]  # the reference's extra 1/B
 
 
 def covariance_term(z: Tensor) -> Tensor:
-    b, d = z.shape
+    b, d = z.shape  # b = 1: centred is exactly 0, so the term and its gradient are 0
     centred = z - z.mean(dim=0)
     cov = centred.T @ centred / max(1, b - 1)
     off_diagonal = cov - torch.diag(torch.diagonal(cov))

@@ -16,6 +16,9 @@ class SupConLoss(nn.Module):
 
     A batch where no anchor has a positive carries no signal: the loss is an explicit 0 (still
     attached to the graph, so a backward is a no-op rather than an error).
+
+    ``memory``: optional (features (M, d), labels (M,)) of earlier batches. They join the contrast set
+    (as positives P(i) and in the denominator A(i)) but are not anchors; no gradient reaches them.
     """
 
     def __init__(self, temperature: float = 0.1, divisor: str = "positives"):
@@ -26,17 +29,22 @@ class SupConLoss(nn.Module):
             raise ValueError(f"unknown divisor {divisor!r}")
         self.temperature, self.divisor = temperature, divisor
 
-    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor, memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
         z = z.float()  # contrastive logits at 1/tau scale overflow in half precision
         n = z.shape[0]
-        if n < 2:  # a single text has no pair at all
+        contrast, contrast_labels = z, labels
+        if memory is not None and memory[0].shape[0]:
+            contrast = torch.cat([z, memory[0].detach().float()])
+            contrast_labels = torch.cat([labels, memory[1].to(labels.device)])
+        if contrast.shape[0] < 2:  # a single text has no pair at all
             return z.sum() * 0.0
-        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-        logits = z @ z.T / self.temperature
+        # anchor i sits in column i of the contrast set (the memory comes after the batch)
+        self_mask = torch.eye(n, contrast.shape[0], dtype=torch.bool, device=z.device)
+        logits = z @ contrast.T / self.temperature
         logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability only
         logits = logits.masked_fill(self_mask, float("-inf"))  # A(i) excludes the anchor itself
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        positives = (labels[:, None] == labels[None, :]) & ~self_mask
+        positives = (labels[:, None] == contrast_labels[None, :]) & ~self_mask
         num_pos = positives.sum(1)
         summed = log_prob.masked_fill(~positives, 0.0).sum(1)
         if self.divisor == "positives_plus_one":

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from ..config import MethodConfig
 from ..registry import METHODS as REGISTERED
 from ..registry import MethodInfo
-from ..models import BlockGroup, EmbeddingBlock
+from ..models import BlockGroup, EmbeddingBlock, HubEmbeddingBlock
 from .al import ALHead, ALStage, al_infer, build_al
 from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
 
@@ -32,7 +32,7 @@ def _bp(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[S
 def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:
     def contrastive(group: BlockGroup) -> ContrastiveHead:
         return ContrastiveHead(group.pool_dim, cfg.projection, cfg.projection_dim, cfg.temperature,
-                               cfg.supcon_divisor)
+                               cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue)
 
     stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     last = groups[-1]
@@ -49,7 +49,7 @@ def _early_exit(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -
 def _deinforeg(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:
     def head(k: int, group: BlockGroup) -> InfoRegHead:
         # the reference gives the embedding block the local loss but no classifier
-        embedding_only = len(group.blocks) == 1 and isinstance(group.blocks[0], EmbeddingBlock)
+        embedding_only = len(group.blocks) == 1 and isinstance(group.blocks[0], (EmbeddingBlock, HubEmbeddingBlock))
         return InfoRegHead(group.pool_dim, num_classes, cfg.projection, cfg.projection_dim,
                            cfg.inforeg_weights, cfg.ce_weight, with_classifier=not embedding_only or len(groups) == 1,
                            classifier_detach=cfg.classifier_detach)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import InfoRegLoss, SupConLoss
+from ..losses import InfoRegLoss, SupConLoss, gather_batch
+from ..losses.memory import FeatureQueue
 from ..models import BatchNorm1d, BlockGroup, Carry, Classifier, make_projection
 
 
@@ -44,16 +45,27 @@ class ContrastiveHead(nn.Module):
     """Projection, L2 normalisation and SupCon: SCPL's local objective."""
 
     def __init__(self, in_dim: int, projection: str, projection_dim: int | None, temperature: float,
-                 divisor: str):
+                 divisor: str, gather_features: bool | None = None, queue_size: int = 0):
         super().__init__()
         self.projection = make_projection(projection, in_dim, projection_dim)
         self.loss = SupConLoss(temperature, divisor)
+        # past batches' features: more positives per anchor when a batch has few texts of each class
+        self.queue = FeatureQueue(queue_size, projection_dim or in_dim) if queue_size else None
+        # None or True: SupCon over every process's batch (a no-op in one process); False: the local batch
+        self.gather_features = gather_features
 
     def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
         if labels is None:
             return HeadOutput(None)
         z = F.normalize(self.projection(pooled).float(), dim=-1)
-        return HeadOutput(self.loss(z, labels))
+        if self.gather_features is not False:
+            z, labels = gather_batch(z, labels)
+        if self.queue is None:
+            return HeadOutput(self.loss(z, labels))
+        loss = self.loss(z, labels, self.queue.contents())
+        if self.training:  # evaluation never writes to the memory
+            self.queue.push(z, labels)
+        return HeadOutput(loss)
 
 
 class InfoRegHead(nn.Module):

@@ -7,14 +7,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_groups
 from ..errors import UserError
 from .blocks import BlockGroup, EmbeddingBlock, LSTMBlock, TransformerBlock
+from .pretrained import build_pretrained_blocks
 
 log = logging.getLogger(__name__)
 
 
-def build_blocks(cfg: ModelConfig, vocab_size: int, pad_id: int, max_length: int) -> list[nn.Module]:
+def build_blocks(cfg: ModelConfig, vocab_size: int, pad_id: int, max_length: int,
+                 hub_config: dict | None = None) -> list[nn.Module]:
+    """``hub_config``: a saved pretrained encoder's Hub config, built without the Hub (nlp_decouple.hf)."""
+    if cfg.encoder == "pretrained":
+        blocks = build_pretrained_blocks(cfg, vocab_size, pad_id, max_length, hub_config)
+        check_groups(cfg)  # the layer count may only now be known
+        return blocks
     embed_dim = cfg.embed_dim or cfg.hidden_size
     if cfg.encoder == "transformer":
         # +2: room for the [CLS]/[SEP] a tokenizer may add beyond max_length

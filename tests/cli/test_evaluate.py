@@ -54,3 +54,23 @@ def test_bad_text_files_are_rejected(tiny_sweep, tmp_path, capsys, content, mess
 def test_only_data_overrides_are_accepted(tiny_sweep, capsys):
     assert main([str(tiny_sweep / "bp-seed0"), "train.lr=3"]) == 2
     assert "only data.*" in capsys.readouterr().err
+
+
+def test_written_probabilities_are_the_softmax_of_the_logits(tmp_path):
+    """The probability column is the top class's softmax probability (torch as the reference), stable
+    for large logits."""
+    import numpy as np
+    import torch
+
+    from nlp_decouple.cli.evaluate import write_predictions
+
+    logits = np.array([[0.0, np.log(3.0), -1.0], [1000.0, 0.0, -1000.0], [2.0, 2.0, 2.0]], dtype=np.float32)
+    logits = np.concatenate([logits, np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32) * 4])
+    out = tmp_path / "preds.csv"
+    write_predictions(out, [f"text {i}" for i in range(len(logits))], logits, ["a", "b", "c"], None)
+    rows = list(csv.DictReader(out.open()))
+    want = torch.softmax(torch.from_numpy(logits).double(), dim=-1)
+    for row, probs in zip(rows, want):
+        assert row["prediction"] == "abc"[int(probs.argmax())]
+        assert row["probability"] == f"{float(probs.max()):.4f}"
+    assert [r["probability"] for r in rows[:3]] == [f"{3 / (4 + np.exp(-1)):.4f}", "1.0000", "0.3333"]

@@ -110,6 +110,32 @@ def test_save_to_disk_dataset_dict(tmp_path):
             assert text.endswith(data.label_names[label])
 
 
+def test_source_validation_split_is_used_not_carved(tmp_path):
+    folder = tmp_path / "three"
+    DatasetDict(train=small_dataset(90), validation=small_dataset(12, offset=500),
+                test=small_dataset(30, offset=1000)).save_to_disk(str(folder))
+    data = load_text_data(DataConfig(name="custom", path=str(folder)), seed=0)
+    assert_clean_splits(data, 3)
+    assert data.stats.get("validation_from_source") is True
+    assert len(data.splits["train"]) == 90  # nothing carved from train
+    assert sorted(data.splits["validation"]["text"]) == sorted(small_dataset(12, offset=500)["text"])
+    other_seed = load_text_data(DataConfig(name="custom", path=str(folder)), seed=3)
+    assert sorted(other_seed.splits["validation"]["text"]) == sorted(data.splits["validation"]["text"])
+    capped = load_text_data(DataConfig(name="custom", path=str(folder), max_eval_samples=6), seed=0)
+    assert len(capped.splits["validation"]) == 6
+    assert set(capped.splits["validation"]["text"]) <= set(data.splits["validation"]["text"])
+
+
+def test_validation_split_that_serves_as_test_is_not_reused(tmp_path):
+    # sst2 keeps its labelled validation split as test: validation is then carved from train
+    folder = tmp_path / "two"
+    DatasetDict(train=small_dataset(90), validation=small_dataset(30, offset=1000)).save_to_disk(str(folder))
+    data = load_text_data(DataConfig(name="sst2", path=str(folder), text_fields=["text"], label_field="label"), seed=0)
+    assert "validation_from_source" not in data.stats
+    assert sorted(data.splits["test"]["text"]) == sorted(small_dataset(30, offset=1000)["text"])
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 90
+
+
 def test_save_to_disk_single_dataset_carves_test(tmp_path):
     folder = tmp_path / "single"
     small_dataset(100).save_to_disk(str(folder))

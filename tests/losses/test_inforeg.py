@@ -162,3 +162,21 @@ def test_default_weights_are_one_one_one():
     got = InfoRegLoss(c)(z, torch.tensor(labels))
     want = naive_invariance(z, labels, c) + naive_variance(z) + naive_covariance(z)
     assert math.isclose(float(got.detach()), float(want.detach()), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_one_example_batch_gives_a_finite_loss_and_gradients(normalise):
+    """B=1 (a last batch of one): the unbiased variance is 0/0; the spread terms are 0 with no gradient."""
+    z = sample(1, 5, seed=2, normalise=normalise).float().requires_grad_(True)
+    for term in (variance_term, covariance_term):
+        value = term(z)
+        assert float(value.detach()) == 0.0 and value.requires_grad
+    loss = InfoRegLoss(4)(z, torch.tensor([2]))
+    loss.backward()
+    assert torch.isfinite(loss.detach()) and torch.isfinite(z.grad).all()
+    # what is left is the invariance term alone: (z.z - 1)^2, exactly 0 on a unit vector
+    z_ref = z.detach().double().clone().requires_grad_(True)
+    want = naive_invariance(z_ref, [2], 4)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad.double(), z_ref.grad, rtol=1e-5, atol=1e-6)

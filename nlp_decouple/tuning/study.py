@@ -1,0 +1,176 @@
+"""Optuna studies for ``tune``: one per method in ``OUT/study.db`` (SQLite), trials run in this process.
+
+Resuming after a kill: a tune holds an exclusive lock on ``OUT/tune.lock`` while it runs (the kernel drops
+it when the process dies, even on SIGKILL), so a trial found RUNNING by a tune that got the lock was left
+by a dead process. It is marked failed and its values queued again (the role of Optuna's heartbeat and
+RetryFailedTrialCallback, but without waiting out a grace period). Then the study runs until ``trials``
+trials have finished (complete or pruned).
+"""
+from __future__ import annotations
+
+import fcntl
+import gc
+import logging
+import math
+import os
+import shutil
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import load_config
+from ..errors import UserError
+from .space import Dim, format_value
+
+log = logging.getLogger("nlp_decouple.tune")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_RETRIES = 2  # a trial whose process keeps dying (e.g. out of memory) is not queued forever
+
+
+@dataclass
+class MethodStudy:
+    """What one method's trials need: the recipe and fixed overrides, the space, seeds and where to write."""
+
+    method: str
+    recipe: str
+    common: list[str]  # key=value overrides shared by every method, method.name included
+    space: dict[str, Dim]
+    seeds: list[int]
+    out: Path
+
+    def overrides(self, params: dict, number: int, seed: int) -> list[str]:
+        """A trial's config: the shared settings, its sampled values, and what tuning always sets."""
+        return [*self.common, *(f"{k}={format_value(v)}" for k, v in params.items()), f"train.seed={seed}",
+                "eval.test=false", "train.progress=false", f"output_dir={self.out / self.method}",
+                f"run_name=trial{number:03d}-seed{seed}"]
+
+
+def storage_url(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+@contextmanager
+def sweep_lock(out: Path):
+    """One tune at a time per sweep folder; held until the process ends or the block exits."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "tune.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UserError(f"another tune (pid {handle.read().strip() or '?'}) is running on {out}: wait for it, "
+                            "or give another --out") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def open_study(out: Path, name: str, create: bool = True) -> optuna.Study:
+    """The study named ``name`` in ``OUT/study.db`` (maximising); ``create=False``: it must exist."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(storage_url(out), engine_kwargs={"connect_args": {"timeout": 60}})
+    if create:
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(f"{out / 'study.db'} has no study {name!r}: run tune for it first") from None
+
+
+def retry_orphans(study: optuna.Study) -> list[int]:
+    """Fail the trials a killed tune left RUNNING and queue their values again; call with the lock held."""
+    storage, retried = study._storage, []  # Optuna's public API cannot fail a trial of another process
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "failed_because", "its tune process died")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        retries = trial.user_attrs.get("retries", 0)
+        if retries < MAX_RETRIES:
+            original = trial.user_attrs.get("retry_of", trial.number)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": original, "retries": retries + 1})
+            retried.append(trial.number)
+    return retried
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_study(spec: MethodStudy, study: optuna.Study, trials: int, warmup_epochs: int, pruner=None) -> None:
+    """Run trials until ``trials`` have finished. The sampler is re-seeded from the number of trials so
+    far, so a resumed study does not draw its first trials' values again."""
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_epochs + 1)
+    while finished(study) < trials:
+        study.sampler = optuna.samplers.TPESampler(
+            seed=spec.seeds[0] * 7919 + len(study.trials), n_startup_trials=max(1, min(10, trials // 2)))
+        study.pruner = pruner
+        study.optimize(lambda trial: objective(spec, trial), n_trials=1)
+
+
+def objective(spec: MethodStudy, trial: optuna.Trial) -> float:
+    """Mean over the tuning seeds of the best epoch's validation accuracy. Validation accuracy is reported
+    after every epoch (step ``seed index x epochs + epoch``) so that the pruner can stop a poor trial."""
+    from ..trainer import NonFiniteLoss
+
+    params = {key: dim.suggest(trial) for key, dim in spec.space.items()}
+    configs = []
+    for seed in spec.seeds:
+        try:
+            configs.append(load_config(spec.recipe, spec.overrides(params, trial.number, seed)))
+        except UserError as err:
+            raise UserError(f"{spec.method} trial {trial.number} drew settings that are not valid together "
+                            f"({err}); narrow the space") from None
+    scores, epochs = [], configs[0].train.epochs
+    for index, cfg in enumerate(configs):
+        if cfg.run_dir().exists():  # left by an earlier study in this folder: trial numbers restart with it
+            shutil.rmtree(cfg.run_dir())
+        trial.set_user_attr(f"run_dir_seed{cfg.train.seed}", str(cfg.run_dir()))
+        best = []
+
+        def report(row: dict, offset: int = index * epochs) -> None:
+            accuracy = row["validation"]["accuracy"]
+            best.append(accuracy)
+            trial.report(accuracy, offset + row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at epoch {row['epoch']}")
+
+        try:
+            train_one(cfg, report)
+        except NonFiniteLoss as err:  # diverged: these settings lose, like a pruned trial
+            trial.set_user_attr("stopped", str(err).split(";")[0])
+            raise optuna.TrialPruned("non-finite loss") from None
+        except UserError as err:
+            # the trainer's answer to SIGINT/SIGTERM (a UserError "stopped by ..."): not the settings' fault, so
+            # the next tune runs them again
+            if not str(err).startswith("stopped by"):
+                raise UserError(f"{spec.method} trial {trial.number}: {err}") from None
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number, "retries": 0})
+            raise UserError(f"{str(err).split(';')[0]} during {spec.method} trial {trial.number}: rerun the same "
+                            "tune command to go on (finished trials are kept, this one runs again)") from None
+        finally:  # a trial is never resumed, and its model is not what tuning delivers: keep only best/
+            for tag in ("checkpoints", "last"):
+                shutil.rmtree(cfg.run_dir() / tag, ignore_errors=True)
+        scores.append(max(best, default=float("nan")))
+    return sum(scores) / len(scores) if all(map(math.isfinite, scores)) else float("nan")
+
+
+def train_one(cfg, on_epoch) -> None:
+    """One in-process run; afterwards the process is as before it (Accelerate state, signal handlers),
+    also when ``on_epoch`` stopped it."""
+    from accelerate.state import AcceleratorState
+
+    from ..trainer import Trainer
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        Trainer(cfg).fit(on_epoch=on_epoch)
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        gc.collect()

@@ -1,0 +1,354 @@
+"""Pretrained Hub encoders cut into blocks: tiny random BERT, RoBERTa, DistilBERT (and ELECTRA) models saved to
+a temp folder, checked against the plain ``AutoModel``; one test on the real shared MiniLM."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from conftest import AG_NEWS, HF_CACHE, HUB_TOKENIZER, REPO, need
+from nlp_decouple.classifier import StagedClassifier
+from nlp_decouple.config import load_config
+from nlp_decouple.errors import UserError
+from nlp_decouple.models import HubEmbeddingBlock, HubLayerBlock, masked_mean
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB, PAD, CLASSES, MAXLEN, LAYERS = 120, 0, 4, 24, 3
+DECOUPLED = ["scpl", "early_exit", "deinforeg", "al"]
+FAMILIES = ["bert", "roberta", "distilbert"]
+TINY = {  # a few layers, hidden 32; pad id 0 = the [PAD] of a trained tokenizer (RoBERTa counts positions by it)
+    "bert": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64),
+    "roberta": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64),
+    "electra": dict(embedding_size=16, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                    intermediate_size=64),
+    "distilbert": dict(dim=32, n_layers=LAYERS, n_heads=2, hidden_dim=64),
+    "albert": dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+}
+
+
+def save_tiny(model_type: str, directory) -> str:
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, max_position_embeddings=40, pad_token_id=PAD,
+                                  **TINY[model_type])
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("hub")
+    return {t: save_tiny(t, root / t) for t in [*FAMILIES, "electra"]}
+
+
+def build(path: str, method: str = "bp", *extra: str) -> StagedClassifier:
+    cfg = load_config(None, ["model.encoder=pretrained", f"model.pretrained={path}", "model.dropout=0",
+                             f"method.name={method}", *extra])
+    torch.manual_seed(0)
+    return StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN)
+
+
+def batch(b: int = 8, t: int = 11):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, VOCAB, (b, t), generator=g)
+    lengths = torch.randint(3, t + 1, (b,), generator=g)
+    lengths[0] = t  # one text fills the batch: no all-padding column
+    mask = torch.arange(t)[None] < lengths[:, None]
+    labels = torch.arange(b) % CLASSES  # every class twice: SupCon has positives
+    return ids.masked_fill(~mask, PAD), mask, labels
+
+
+# ------------------------------------------------------------------------------------------ cutting
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embedding_and_each_layer_become_blocks(hub, family):
+    plain = AutoModel.from_pretrained(hub[family])
+    layers = plain.transformer.layer if family == "distilbert" else plain.encoder.layer
+    model = build(hub[family], "scpl")  # num_layers null: every layer, one block per group
+    blocks = [g.blocks[0] for g in model.groups()]
+    assert len(blocks) == LAYERS + 1
+    assert isinstance(blocks[0], HubEmbeddingBlock) and all(isinstance(b, HubLayerBlock) for b in blocks[1:])
+    assert model.embedding is blocks[0].embeddings.word_embeddings
+    for block, layer in zip(blocks[1:], layers):  # the Hub's own modules with its weights
+        assert type(block.layer) is type(layer)
+        for (n, p), (_, q) in zip(block.layer.named_parameters(), layer.named_parameters()):
+            assert torch.equal(p, q), n
+
+    first_two = build(hub[family], "early_exit", "model.num_layers=2", "model.groups=[2,1]")
+    assert [len(g.blocks) for g in first_two.groups()] == [2, 1]
+    assert first_two.stages[0].groups[0].blocks[0].hub_config.num_hidden_layers == 2
+    assert [len(g.blocks) for g in build(hub[family], "scpl", "model.groups=2").groups()] == [2, 2]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("model.num_layers=5",), "has 3 layers"),
+    (("model.groups=5",), "5 groups cannot be cut from 4 blocks"),
+    (("model.groups=[2,1]",), "summing to 4"),
+])
+def test_bad_cuts_name_the_fix(hub, extra, message):
+    with pytest.raises(UserError, match=message):
+        build(hub["bert"], "scpl", *extra)
+
+
+def test_unsupported_family_is_one_line_naming_the_supported(tmp_path, capsys):
+    from nlp_decouple.cli.train import main
+
+    path = save_tiny("albert", tmp_path / "albert")
+    capsys.readouterr()
+    code = main(["recipes/quickstart.yaml", "model.encoder=pretrained", f"model.pretrained={path}",
+                 "model.num_layers=null", "tokenizer.vocab_size=100", f"output_dir={tmp_path}", "train.progress=false",
+                 "data.synthetic_train_size=40", "data.synthetic_test_size=10"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert "model_type 'albert'" in err and "bert, roberta, xlm-roberta, electra" in err and "distilbert" in err
+
+
+def test_config_requires_the_model_and_defaults_the_tokenizer_to_it():
+    with pytest.raises(UserError, match="needs model.pretrained"):
+        load_config(None, ["model.encoder=pretrained"])
+    with pytest.raises(UserError, match="read only by model.encoder=pretrained"):
+        load_config(None, ["model.pretrained=some/model"])
+    cfg = load_config(None, ["model.encoder=pretrained", "model.pretrained=some/model"])
+    assert cfg.tokenizer.name == "some/model" and cfg.model.num_layers is None
+    assert load_config(None, []).model.num_layers == 3  # the from-scratch default is unchanged
+    assert load_config(None, ["model.encoder=pretrained", "model.pretrained=some/model",
+                              "tokenizer.train=wordpiece"]).tokenizer.name is None
+
+
+def test_tokenizer_and_length_must_fit_the_model(hub):
+    cfg = load_config(None, ["model.encoder=pretrained", f"model.pretrained={hub['roberta']}"])
+    with pytest.raises(UserError, match="tokenizer has 500 tokens"):
+        StagedClassifier.from_config(cfg, 500, PAD, CLASSES, MAXLEN)
+    with pytest.raises(UserError, match=r"exceeds the 39 positions"):  # RoBERTa numbers from padding_idx + 1
+        StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, 40)
+    with pytest.raises(UserError, match="pads with id 1"):
+        StagedClassifier.from_config(cfg, VOCAB, 1, CLASSES, MAXLEN)
+
+
+# ------------------------------------------------------------------------------------------ masking
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_does_not_change_a_texts_pooled_vectors(hub, family, pooling):
+    model = build(hub[family], "scpl", f"model.pooling={pooling}").eval()
+    ids, mask, labels = batch()
+    with torch.no_grad():
+        padded = [p for out in model.run(ids, mask, return_pooled=True) for p in out.pooled]
+        for i in range(len(ids)):
+            n = int(mask[i].sum())
+            alone = [p for out in model.run(ids[i:i + 1, :n], mask[i:i + 1, :n], return_pooled=True)
+                     for p in out.pooled]
+            for k, (a, b) in enumerate(zip(alone, padded)):
+                torch.testing.assert_close(a[0], b[i], rtol=1e-5, atol=1e-5, msg=f"text {i}, group {k}")
+
+
+# ------------------------------------------------------------------------------------------ BP
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("family", [*FAMILIES, "electra"])
+def test_bp_equals_a_plain_automodel_forward_and_the_same_head(hub, family, pooling):
+    model = build(hub[family], "bp", f"model.pooling={pooling}")  # model.dropout=0
+    no_dropout = (dict(dropout=0.0, attention_dropout=0.0) if family == "distilbert" else
+                  dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    plain = AutoModel.from_pretrained(hub[family], **no_dropout)
+    ids, mask, labels = batch()
+    head = model.stages[0].head.classifier
+    for train in (False, True):  # dropout is 0: training and evaluation forwards agree too
+        model.train(train), plain.train(train)
+        hidden = plain(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        pooled = hidden[:, 0] if pooling == "cls" else masked_mean(hidden, mask)
+        (out,) = model.run(ids, mask, labels)
+        torch.testing.assert_close(out.logits, head(pooled), rtol=1e-5, atol=1e-5)
+    # BP is full fine-tuning: its loss reaches the embedding module and every layer
+    out.loss.backward()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0
+               for n, p in model.named_parameters() if "token_type" not in n), "a parameter got no gradient"
+
+
+# ------------------------------------------------------------------------------------------ cuts
+
+
+def grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
+    return [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+def has_signal(module: torch.nn.Module) -> bool:
+    return any(g is not None and torch.count_nonzero(g) > 0 for g in grads(module))
+
+
+@pytest.mark.parametrize("method", DECOUPLED)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_stage_loss_reaches_only_that_stage(hub, family, method):
+    model = build(hub[family], method, "model.groups=[2,1,1]")  # embedding + layer 1 | layer 2 | layer 3
+    ids, mask, labels = batch()
+    for j in range(len(model.stages)):
+        model.zero_grad(set_to_none=True)
+        losses = [out.loss for out in model.iter_stages(ids, mask, labels)]
+        assert len(losses) == 3 and all(torch.isfinite(l) for l in losses)
+        losses[j].backward()
+        for k, stage in enumerate(model.stages):
+            if k == j:
+                assert has_signal(stage.groups[0]), f"stage {j}'s loss did not reach its Hub blocks"
+            else:
+                assert not has_signal(stage), f"stage {j}'s loss leaked gradient into stage {k}"
+
+
+def test_freezing_the_embeddings_freezes_the_whole_hub_embedding_module(hub):
+    from nlp_decouple.config import TrainConfig
+    from nlp_decouple.optim import build_optimization
+
+    model = build(hub["bert"], "scpl", "model.freeze_embeddings=true")
+    frozen = dict(model.stages[0].groups[0].blocks[0].named_parameters())
+    assert {"embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+            "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight"} <= set(frozen)
+    assert not any(p.requires_grad for p in frozen.values())
+    assert all(p.requires_grad for g in model.groups()[1:] for p in g.parameters())
+    opt = build_optimization(list(model.stages), TrainConfig(), per_group=True, updates_per_epoch=4)
+    assert 0 not in opt.optimizer_of and sorted(opt.optimizer_of) == [1, 2, 3]  # identity SupCon: nothing to train
+
+
+def test_hub_dropout_follows_train_and_eval_mode(hub):
+    model = build(hub["bert"], "bp", "model.dropout=0.5")
+    layer = model.groups()[1].blocks[0].layer
+    assert layer.output.dropout.p == 0.5 and layer.attention.self.dropout.p == 0.5
+    ids, mask, _ = batch()
+    model.train()
+    assert not torch.equal(model(ids, mask), model(ids, mask))
+    model.eval()
+    assert torch.equal(model(ids, mask), model(ids, mask))
+
+
+@pytest.mark.parametrize("method", ["scpl", "al", "bp"])
+def test_pipelined_equals_sequential(hub, method):
+    from test_pipeline import make_batches, pipelined, sequential
+
+    reference = build(hub["roberta"], method, "model.groups=[2,1,1]")
+    model = copy.deepcopy(reference)
+    batches = [{**b, "input_ids": b["input_ids"].clamp(max=VOCAB - 1)} for b in make_batches(n=3, t=10)]
+    assert pipelined(model, batches) == sequential(reference, batches)
+    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
+    from nlp_decouple.pipeline import GPipeBP
+    from test_pipeline import CPU, make_batches
+
+    reference = build(hub["distilbert"], "bp", "model.groups=[2,1,1]")
+    model = copy.deepcopy(reference)
+    gpipe = GPipeBP(model.stages[0], [CPU, CPU], micro_batches=3, threads_per_partition=1)
+    batch = {**make_batches(n=1, t=10)[0]}
+    batch["input_ids"] = batch["input_ids"].clamp(max=VOCAB - 1)
+    out = next(reference.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"]))
+    out.loss.backward()
+    assert gpipe.forward_backward(batch) == pytest.approx(float(out.loss.detach()), rel=1e-5)
+    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+@pytest.mark.parametrize("method", ["bp", *DECOUPLED])
+@pytest.mark.parametrize("family", [*FAMILIES, "electra"])
+def test_saved_model_loads_from_its_directory_alone_with_identical_logits(hub, tmp_path, family, method):
+    from transformers import AutoModelForSequenceClassification
+
+    from nlp_decouple.hf import DecoupledForSequenceClassification
+
+    source = shutil.copytree(hub[family], tmp_path / "source")
+    cfg = load_config(None, ["model.encoder=pretrained", f"model.pretrained={source}", f"method.name={method}",
+                             "model.num_layers=2", "method.projection=mlp_bn"])
+    torch.manual_seed(0)
+    model = StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN)
+    ids, mask, labels = batch()
+    with torch.no_grad():
+        model.train().run(ids, mask, labels)  # non-trivial BatchNorm statistics
+    model.eval()
+    wrapped = DecoupledForSequenceClassification.from_staged(model, cfg, VOCAB, PAD, MAXLEN, list("abcd"))
+    wrapped.save_pretrained(str(tmp_path / "saved"))
+    shutil.rmtree(source)  # neither the original weights nor the Hub are needed to load it
+
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["pretrained_config"]["model_type"] == family and saved["encoder"]["num_layers"] == 2
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved")).eval()
+    with torch.no_grad():
+        expected = model.run(ids, mask)
+        assert torch.equal(reloaded(ids, mask).logits, expected[-1].logits)
+        exits = reloaded.exit_logits(ids, mask)
+        assert all(torch.equal(exits[g], o.logits) for g, o in zip(wrapped.exit_groups, expected) if o.logits is not None)
+        if reloaded.has_early_exits:
+            adaptive = reloaded.predict_adaptive(ids, mask, threshold=0.0)  # every text answers at the first exit
+            first = min(exits)
+            assert torch.equal(adaptive.group, torch.full_like(adaptive.group, first))
+            torch.testing.assert_close(adaptive.probs, exits[first].float().softmax(-1))
+    for (n, a), b in zip(model.state_dict().items(), reloaded.staged.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def test_train_cli_two_steps_then_predict_and_the_transformers_pipeline(hub, tmp_path, capsys):
+    cmd = [sys.executable, "-m", "nlp_decouple.train", str(REPO / "recipes" / "quickstart.yaml"),
+           "model.encoder=pretrained", f"model.pretrained={hub['bert']}", "model.num_layers=null",
+           "tokenizer.train=wordpiece", "tokenizer.vocab_size=100", "method.name=early_exit", "model.groups=2",
+           "train.max_steps=2", "train.epochs=1", "train.batch_size=16", "train.head_lr=1e-2",
+           "train.weight_decay=0.01", "train.scheduler=linear", "train.warmup_ratio=0.5", "train.grad_clip=1.0",
+           "data.synthetic_train_size=120", "data.synthetic_test_size=40", "eval.probe_samples=40",
+           f"output_dir={tmp_path}", "run_name=tiny", "train.progress=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # offline: conftest set HF_HUB_OFFLINE
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2 and results["encoder"] == "pretrained" and results["group_sizes"] == [2, 2]
+    assert [g["kind"] for g in results["groups_at_best_epoch"]] == ["exit", "exit"]
+
+    from nlp_decouple.cli.predict import main as predict
+    from nlp_decouple.inference import encoded_batches, load_for_inference
+
+    texts = ["the team won the match", "the new phone is slow"]
+    assert predict([str(run), *texts, "--json", "--exit-threshold", "0.3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    model, tok = load_for_inference(run / "best", "cpu")
+    enc = next(encoded_batches(tok, texts, model.config.max_seq_length, 8, model.device))
+    adaptive = model.predict_adaptive(enc["input_ids"], enc["attention_mask"], 0.3)
+    assert [r["group"] for r in rows] == adaptive.group.tolist()
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(run / "best"), device="cpu")
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    for got, p in zip(classify(texts), probs):
+        assert got["label"] == model.config.id2label[int(p.argmax())]
+        assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+@need(HF_CACHE / "models--sentence-transformers--all-MiniLM-L6-v2")
+@need(AG_NEWS)
+def test_real_minilm_fine_tunes_a_few_steps_offline(tmp_path):
+    from nlp_decouple.trainer import Trainer
+
+    cfg = load_config(REPO / "recipes" / "agnews_minilm.yaml", [
+        f"data.path={AG_NEWS}", "data.max_length=24", "data.max_train_samples=32", "data.max_eval_samples=16",
+        "train.batch_size=8", "train.eval_batch_size=16", "train.max_steps=2", "train.epochs=1",
+        "eval.every_group=false", f"output_dir={tmp_path}", "train.progress=false", "method.name=scpl"])
+    assert cfg.tokenizer.name == HUB_TOKENIZER == cfg.model.pretrained
+    trainer = Trainer(cfg)
+    sizes = [len(g.blocks) for g in trainer.model.groups()]
+    assert sizes == [3, 2, 2] and trainer.model.embedding.weight.shape == (30522, 384)
+    results = trainer.fit()
+    assert results["steps"] == 2 and results["nonfinite_steps"] == 0
+    assert (cfg.run_dir() / "best" / "model.safetensors").is_file()

@@ -1,0 +1,83 @@
+"""Parameter groups and schedules: body vs head learning rates, no weight decay on biases and norm weights,
+linear decay after a warm-up for every group."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from nlp_decouple.classifier import StagedClassifier
+from nlp_decouple.config import load_config
+from nlp_decouple.optim import build_optimization, parameter_groups
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VOCAB, PAD, CLASSES, MAXLEN = 60, 0, 3, 16
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("bert")
+    config = AutoConfig.for_model("bert", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    AutoModel.from_config(config).save_pretrained(str(path))
+    return str(path)
+
+
+def build(encoder: str, method: str, tiny_bert: str, *train: str):
+    model_keys = ([f"model.encoder=pretrained", f"model.pretrained={tiny_bert}"] if encoder == "pretrained" else
+                  [f"model.encoder={encoder}", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
+                   "model.num_layers=2"])
+    cfg = load_config(None, [*model_keys, f"method.name={method}", "method.projection=mlp", *train])
+    return StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN), cfg.train
+
+
+def settings_by_name(stage: torch.nn.Module, groups: list[dict]) -> dict[str, tuple[float, float]]:
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(by_id) == sum(len(g["params"]) for g in groups), "a parameter sits in two groups"
+    return {n: by_id[id(p)] for n, p in stage.named_parameters()}
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "lstm", "pretrained"])
+def test_defaults_keep_one_group_per_stage(encoder, tiny_bert):
+    model, t = build(encoder, "deinforeg", tiny_bert)
+    for stage in model.stages:
+        (group,) = parameter_groups(stage, t)
+        assert group["params"] == list(stage.parameters())
+        assert group["lr"] == t.lr and group["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["bp", "scpl", "al"])
+@pytest.mark.parametrize("encoder", ["transformer", "lstm", "pretrained"])
+def test_body_and_head_rates_and_no_decay_on_biases_and_norm_weights(encoder, method, tiny_bert):
+    model, t = build(encoder, method, tiny_bert, "train.lr=5e-5", "train.head_lr=1e-3", "train.weight_decay=0.01")
+    for stage in model.stages:
+        got = settings_by_name(stage, parameter_groups(stage, t))
+        for name, (lr, decay) in got.items():
+            assert lr == (5e-5 if name.startswith("groups.") else 1e-3), name
+            # the usual fine-tuning convention, by name: biases and LayerNorm/BatchNorm weights are not decayed
+            no_decay = name.endswith("bias") or "LayerNorm" in name or ".norm" in name or "bias_" in name
+            assert decay == (0.0 if no_decay else 0.01), name
+
+
+def test_frozen_parameters_are_left_out(tiny_bert):
+    model, t = build("pretrained", "early_exit", tiny_bert, "model.freeze_embeddings=true", "train.head_lr=1e-3")
+    groups = parameter_groups(model.stages[0], t)
+    assert {g["lr"] for g in groups} == {1e-3}  # only the first exit's classifier trains in stage 0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.stages[0].head.parameters()))
+
+
+def test_linear_schedule_warms_up_then_decays_every_group(tiny_bert):
+    model, t = build("pretrained", "bp", tiny_bert, "train.lr=5e-5", "train.head_lr=1e-3", "train.weight_decay=0.01",
+                     "train.scheduler=linear", "train.warmup_ratio=0.25", "train.epochs=1")
+    opt = build_optimization(list(model.stages), t, per_group=False, updates_per_epoch=8)  # 2 warm-up updates of 8
+    (optimizer,), (schedule,) = opt.optimizers, opt.schedulers
+    base = schedule.base_lrs  # the groups' own rates, which the schedule scales
+    assert sorted(set(base)) == [5e-5, 1e-3]
+    factors = []
+    for _ in range(8):
+        factors.append([g["lr"] / b for g, b in zip(optimizer.param_groups, base)])
+        optimizer.step()
+        schedule.step()
+    expected = [0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
+    for row, e in zip(factors, expected):
+        assert row == pytest.approx([e] * len(base))
