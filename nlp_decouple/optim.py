@@ -44,8 +44,11 @@ class Optimization:
     accelerator: Accelerator | None = None  # set by prepare()
 
     def prepare(self, accelerator: Accelerator) -> None:
-        """Wrap the optimizers for mixed precision and gradient sync (schedulers stay unprepared)."""
+        """Wrap the optimizers for mixed precision and gradient sync; the schedulers stay unprepared but are
+        registered, so ``save_state``/``load_state`` keep them."""
         self.optimizers = [accelerator.prepare(o) for o in self.optimizers]
+        for scheduler in self.schedulers:
+            accelerator.register_for_checkpointing(scheduler)
         self.accelerator = accelerator
 
     def update(self, index: int, loss: torch.Tensor) -> None:

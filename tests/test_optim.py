@@ -24,7 +24,7 @@ def tiny_bert(tmp_path_factory) -> str:
 
 
 def build(encoder: str, method: str, tiny_bert: str, *train: str):
-    model_keys = ([f"model.encoder=pretrained", f"model.pretrained={tiny_bert}"] if encoder == "pretrained" else
+    model_keys = (["model.encoder=pretrained", f"model.pretrained={tiny_bert}"] if encoder == "pretrained" else
                   [f"model.encoder={encoder}", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
                    "model.num_layers=2"])
     cfg = load_config(None, [*model_keys, f"method.name={method}", "method.projection=mlp", *train])

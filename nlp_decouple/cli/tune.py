@@ -26,12 +26,11 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import load_config
+from ..config import load_config, run_identity
 from ..errors import UserError, cli_entry
 from ..logs import setup_console
 from ..registry import METHODS
 from ..tuning.space import build_spaces, format_value
-from .compare import _comparable
 
 log = logging.getLogger("nlp_decouple.tune")
 REPORT_SEEDS = {0, 1, 2}  # compare's default seeds: kept unseen by tuning
@@ -107,7 +106,7 @@ def claim(study, recipe: str, base: dict, space: dict, seeds: list[int], trials:
     if stored is None:
         study.set_user_attr("settings", settings)
     else:
-        same = {"recipe/overrides": _comparable(stored["base"]) == _comparable(base),
+        same = {"recipe/overrides": run_identity(stored["base"]) == run_identity(base),
                 "space": stored["space"] == settings["space"], "seeds": stored["seeds"] == seeds}
         if not all(same.values()):
             raise UserError(f"the {study.study_name} study in this sweep folder was made with other settings (changed: "

@@ -29,14 +29,8 @@ down the chain ``h_i -> ... -> h_1``. Stage i's logits are therefore the *shortc
 the last stage's are the full AL prediction ``x -> f_1..f_L -> b_L -> h_L -> ... -> h_1``. Evaluation
 reports every layer's exit accuracy from these, and the final one is the model's prediction.
 
-Settings (chosen for a competitive AL; measurements in docs/methods.md, AL settings): ``label_dim=128`` and ``tanh``
-(the references'), assoc/autoencoder weights 1:1, Linear layers with bias (the ICLR code has none on
-g/b/h; a bias is cheap and lets tanh targets off zero be reached), no extra label-side dropout.
-Learning rate: AL learns more slowly than early-exit at the same rate (its upper layers' MSE losses fall
-to 1e-3..1e-4 quickly), so give it about 2.5x the early-exit/SCPL rate: ``train.lr=5e-3`` where the
-quickstart has 2e-3 (synthetic, BiLSTM, 10 epochs: AL 0.992 vs early-exit 0.972 at 2e-3 / 0.992 at
-5e-3; AL at 2e-3 only 0.744) and ~2.5e-3..3e-3 where the recipes have 1e-3 (AG News subset, 3 epochs:
-AL 0.813 at 3e-3 vs 0.750 at 1e-3; early-exit 0.795 / 0.764). The ICLR code's 1e-4 is far too slow.
+Settings and the measurements behind them (label_dim, activation, loss weights, learning rate): see
+docs/methods.md, AL settings.
 """
 from __future__ import annotations
 

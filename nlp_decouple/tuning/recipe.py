@@ -54,7 +54,7 @@ def _header(p: dict) -> str:
         f"{p['pruned']} pruned), {p['failed']} failed",
         f"best: trial {p['best_trial']}, {p['best_value']:.4f} = {p['objective']}",
         f"tuned: {tuned}",
-        f"space: " + ", ".join(f"{k}={v}" for k, v in p["space"].items()),
+        "space: " + ", ".join(f"{k}={v}" for k, v in p["space"].items()),
         f"tuning seeds: {','.join(map(str, p['tuning_seeds']))} (report on other seeds)",
         f"trials finished between {p['dates'][0]} and {p['dates'][1]}",
     ]

@@ -241,12 +241,12 @@ def test_pipelined_equals_sequential(hub, method):
 
 
 def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
-    from nlp_decouple.pipeline import GPipeBP
+    from nlp_decouple.engines import GPipe
     from test_pipeline import CPU, make_batches
 
     reference = build(hub["distilbert"], "bp", "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
-    gpipe = GPipeBP(model.stages[0], [CPU, CPU], micro_batches=3, threads_per_partition=1)
+    gpipe = GPipe(model.stages[0], [CPU, CPU], micro_batches=3, threads_per_partition=1)
     batch = {**make_batches(n=1, t=10)[0]}
     batch["input_ids"] = batch["input_ids"].clamp(max=VOCAB - 1)
     out = next(reference.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"]))
