@@ -89,12 +89,13 @@ class HubLayerBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.hub_config = hub_config
+        self.make_mask = _bidirectional_mask()  # resolved here: an old transformers fails at build time
         self.pooling = pooling
         self.out_dim = self.pool_dim = dim
 
     def forward(self, carry: Carry) -> Carry:
         hidden, mask = carry.hidden, carry.mask
-        bias = _bidirectional_mask()(config=self.hub_config, inputs_embeds=hidden, attention_mask=mask)
+        bias = self.make_mask(config=self.hub_config, inputs_embeds=hidden, attention_mask=mask)
         out = self.layer(hidden, attention_mask=bias)
         out = out[0] if isinstance(out, tuple) else out  # transformers 4.x layers return tuples
         # padded positions are never attended to; zero them as the other encoders do
