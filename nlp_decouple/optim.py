@@ -2,8 +2,9 @@
 
 A decoupled method with ``method.backward=per_group`` gets one optimizer per trainable stage (each steps as
 soon as its own loss exists: what lets stages run as a pipeline); otherwise one optimizer holds a parameter
-group per stage. Schedules are sized in optimizer updates of *this* process and stepped once per update,
-unprepared: Accelerate's prepared scheduler would advance ``num_processes`` times per call.
+group per stage. Schedules are prepared by Accelerate, whose scheduler advances ``num_processes`` times per
+update (one tick per process's batch): so they are sized in updates of this process times
+``num_processes``, and the learning rate after each update is the same as in a single process.
 """
 from __future__ import annotations
 
@@ -44,11 +45,9 @@ class Optimization:
     accelerator: Accelerator | None = None  # set by prepare()
 
     def prepare(self, accelerator: Accelerator) -> None:
-        """Wrap the optimizers for mixed precision and gradient sync; the schedulers stay unprepared but are
-        registered, so ``save_state``/``load_state`` keep them."""
+        """Wrap optimizers and schedulers for mixed precision, gradient sync and ``save_state``."""
         self.optimizers = [accelerator.prepare(o) for o in self.optimizers]
-        for scheduler in self.schedulers:
-            accelerator.register_for_checkpointing(scheduler)
+        self.schedulers = [accelerator.prepare(s) for s in self.schedulers]
         self.accelerator = accelerator
 
     def update(self, index: int, loss: torch.Tensor) -> None:
@@ -65,12 +64,12 @@ class Optimization:
                 for params in self.clip_sets[index]:
                     torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             opt.step()
-            if not getattr(opt, "step_was_skipped", False):  # an fp16 overflow skips the step: keep the schedule
-                self.schedulers[index].step()
+            self.schedulers[index].step()  # prepared: it stays put when an fp16 overflow skipped the step
         opt.zero_grad(set_to_none=True)
 
 
-def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool, updates_per_epoch: int) -> Optimization:
+def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool, updates_per_epoch: int,
+                       num_processes: int = 1) -> Optimization:
     groups = [parameter_groups(stage, t) for stage in stages]
     trainable = [k for k, g in enumerate(groups) if g]  # e.g. a frozen embedding is not
     if not trainable:
@@ -88,8 +87,9 @@ def build_optimization(stages: list[nn.Module], t: TrainConfig, per_group: bool,
     total = t.max_steps or updates_per_epoch * t.epochs
     # a warm-up needs a schedule that has one: "constant" becomes constant-after-warm-up
     name = "constant_with_warmup" if t.scheduler == "constant" and t.warmup_ratio > 0 else t.scheduler
-    schedulers = [get_scheduler(name, opt, num_warmup_steps=math.floor(t.warmup_ratio * total),
-                                num_training_steps=total) for opt in optimizers]
+    # in ticks of the prepared scheduler (num_processes per update): see the module docstring
+    schedulers = [get_scheduler(name, opt, num_warmup_steps=math.floor(t.warmup_ratio * total) * num_processes,
+                                num_training_steps=total * num_processes) for opt in optimizers]
     params = {k: [p for g in groups[k] for p in g["params"]] for k in trainable}
     clip_sets = [[params[k] for k in trainable if optimizer_of[k] == i] for i in range(len(optimizers))]
     return Optimization(optimizers, schedulers, optimizer_of, clip_sets, t.grad_clip)

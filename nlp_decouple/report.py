@@ -26,12 +26,14 @@ from .registry import METHODS, method_order
 from .stats import paired_bootstrap, percentile_interval, t_interval, verdict
 
 # settings shown in the report when every run shares them
-SETTINGS = ["data.name", "data.path", "tokenizer.name", "tokenizer.train", "model.encoder", "model.num_layers",
-            "model.hidden_size", "model.num_heads", "model.norm", "model.pooling", "model.lstm_pooling", "model.groups",
-            "method.projection", "method.temperature", "train.epochs", "train.batch_size", "train.lr",
-            "train.scheduler", "train.mixed_precision"]
-ENCODER_ONLY = {"model.num_heads": "transformer", "model.norm": "transformer", "model.pooling": "transformer",
-                "model.lstm_pooling": "lstm"}  # shown only when every run uses that encoder
+SETTINGS = ["data.name", "data.path", "tokenizer.name", "tokenizer.train", "model.encoder", "model.pretrained",
+            "model.num_layers", "model.hidden_size", "model.num_heads", "model.norm", "model.pooling",
+            "model.lstm_pooling", "model.groups", "method.projection", "method.temperature", "train.epochs",
+            "train.batch_size", "train.lr", "train.head_lr", "train.scheduler", "train.warmup_ratio",
+            "train.mixed_precision"]
+ENCODER_ONLY = {"model.hidden_size": {"transformer", "lstm"}, "model.num_heads": {"transformer"},
+                "model.norm": {"transformer"}, "model.pooling": {"transformer", "pretrained"},
+                "model.lstm_pooling": {"lstm"}, "model.pretrained": {"pretrained"}}  # shown where every run has one
 
 
 @dataclass
@@ -44,7 +46,12 @@ class Run:
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.results["encoder"], self.results["method"]
+        """(encoder, method); a pretrained encoder is named by its Hub id or folder (different models are
+        different encoders)."""
+        encoder = self.results["encoder"]
+        if encoder == "pretrained" and self.setting("model.pretrained"):
+            encoder = str(self.setting("model.pretrained"))
+        return encoder, self.results["method"]
 
     def setting(self, dotted: str):
         section, name = dotted.split(".")
@@ -258,7 +265,7 @@ def shared_settings(runs: list[Run]) -> tuple[dict, list[str]]:
     same, differ = {}, []
     encoders = {r.setting("model.encoder") for r in runs}
     for key in SETTINGS:
-        if key in ENCODER_ONLY and encoders != {ENCODER_ONLY[key]}:
+        if key in ENCODER_ONLY and not encoders <= ENCODER_ONLY[key]:
             continue
         values = {json.dumps(r.setting(key)) for r in runs}
         if len(values) == 1:

@@ -76,7 +76,7 @@ class Trainer:
         per_group = self.model.decoupled and cfg.method.backward == "per_group"
         # the loader is sharded by prepare(): each process makes ceil(len / num_processes) updates an epoch
         self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / acc.num_processes))
+                                      math.ceil(len(self.loaders.train) / acc.num_processes), acc.num_processes)
         # a DDP wrapper per trainable stage: each backward syncs its own stage's gradients
         train_stages = [acc.prepare(stage) if k in self.opt.optimizer_of else stage.to(acc.device)
                         for k, stage in enumerate(self.model.stages)]

@@ -230,7 +230,7 @@ def test_hub_dropout_follows_train_and_eval_mode(hub):
 
 @pytest.mark.parametrize("method", ["scpl", "al", "bp"])
 def test_pipelined_equals_sequential(hub, method):
-    from test_pipeline import make_batches, pipelined, sequential
+    from tests.engines.test_pipelines import make_batches, pipelined, sequential
 
     reference = build(hub["roberta"], method, "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
@@ -242,7 +242,7 @@ def test_pipelined_equals_sequential(hub, method):
 
 def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
     from nlp_decouple.engines import GPipe
-    from test_pipeline import CPU, make_batches
+    from tests.engines.test_pipelines import CPU, make_batches
 
     reference = build(hub["distilbert"], "bp", "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
