@@ -86,6 +86,7 @@ class MethodConfig:
     projection_dim: int | None = None  # default: the group's pooled size
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
     supcon_queue: int = 0  # SCPL: past features (and labels) kept as extra positives/negatives; 0 = off
+    supcon_prototypes: bool = False  # SCPL: a learnable centre per class joins each group's contrast set
     ce_weight: float = 0.001  # DeInfoReg's classifier weight
     inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads

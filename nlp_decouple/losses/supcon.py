@@ -19,6 +19,8 @@ class SupConLoss(nn.Module):
 
     ``memory``: optional (features (M, d), labels (M,)) of earlier batches. They join the contrast set
     (as positives P(i) and in the denominator A(i)) but are not anchors; no gradient reaches them.
+    ``centers``: optional (C, d) class prototypes, row c of class c. They join the contrast set like the
+    memory but do receive gradients (learnable class centres, as in parametric contrastive learning).
     """
 
     def __init__(self, temperature: float = 0.1, divisor: str = "positives"):
@@ -29,16 +31,20 @@ class SupConLoss(nn.Module):
             raise ValueError(f"unknown divisor {divisor!r}")
         self.temperature, self.divisor = temperature, divisor
 
-    def forward(self, z: Tensor, labels: Tensor, memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor, memory: tuple[Tensor, Tensor] | None = None,
+                centers: Tensor | None = None) -> Tensor:
         z = z.float()  # contrastive logits at 1/tau scale overflow in half precision
         n = z.shape[0]
         contrast, contrast_labels = z, labels
         if memory is not None and memory[0].shape[0]:
-            contrast = torch.cat([z, memory[0].detach().float()])
-            contrast_labels = torch.cat([labels, memory[1].to(labels.device)])
+            contrast = torch.cat([contrast, memory[0].detach().float()])
+            contrast_labels = torch.cat([contrast_labels, memory[1].to(labels.device)])
+        if centers is not None:
+            contrast = torch.cat([contrast, centers.float()])
+            contrast_labels = torch.cat([contrast_labels, torch.arange(centers.shape[0], device=labels.device)])
         if contrast.shape[0] < 2:  # a single text has no pair at all
             return z.sum() * 0.0
-        # anchor i sits in column i of the contrast set (the memory comes after the batch)
+        # anchor i sits in column i of the contrast set (memory and centres come after the batch)
         self_mask = torch.eye(n, contrast.shape[0], dtype=torch.bool, device=z.device)
         logits = z @ contrast.T / self.temperature
         logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability only

@@ -32,7 +32,8 @@ def _bp(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[S
 def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:
     def contrastive(group: BlockGroup) -> ContrastiveHead:
         return ContrastiveHead(group.pool_dim, cfg.projection, cfg.projection_dim, cfg.temperature,
-                               cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue)
+                               cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue,
+                               num_classes if cfg.supcon_prototypes else 0)
 
     stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     last = groups[-1]

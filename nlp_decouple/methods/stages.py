@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,12 +46,17 @@ class ContrastiveHead(nn.Module):
     """Projection, L2 normalisation and SupCon: SCPL's local objective."""
 
     def __init__(self, in_dim: int, projection: str, projection_dim: int | None, temperature: float,
-                 divisor: str, gather_features: bool | None = None, queue_size: int = 0):
+                 divisor: str, gather_features: bool | None = None, queue_size: int = 0,
+                 num_prototypes: int = 0):
         super().__init__()
         self.projection = make_projection(projection, in_dim, projection_dim)
         self.loss = SupConLoss(temperature, divisor)
         # past batches' features: more positives per anchor when a batch has few texts of each class
         self.queue = FeatureQueue(queue_size, projection_dim or in_dim) if queue_size else None
+        # learnable class centres in the contrast set: every anchor has a positive, and texts of classes
+        # the group has not yet told apart are still pulled to different points (which SupCon alone,
+        # once they coincide, no longer does)
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, projection_dim or in_dim)) if num_prototypes else None
         # None or True: SupCon over every process's batch (a no-op in one process); False: the local batch
         self.gather_features = gather_features
 
@@ -60,9 +66,10 @@ class ContrastiveHead(nn.Module):
         z = F.normalize(self.projection(pooled).float(), dim=-1)
         if self.gather_features is not False:
             z, labels = gather_batch(z, labels)
+        centers = F.normalize(self.prototypes, dim=-1) if self.prototypes is not None else None
         if self.queue is None:
-            return HeadOutput(self.loss(z, labels))
-        loss = self.loss(z, labels, self.queue.contents())
+            return HeadOutput(self.loss(z, labels, centers=centers))
+        loss = self.loss(z, labels, self.queue.contents(), centers)
         if self.training:  # evaluation never writes to the memory
             self.queue.push(z, labels)
         return HeadOutput(loss)

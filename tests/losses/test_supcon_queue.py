@@ -1,4 +1,5 @@
-"""SupCon with a memory of past features (method.supcon_queue): against a naive loop, and the queue itself."""
+"""SupCon with a memory of past features (method.supcon_queue) and learnable class centres
+(method.supcon_prototypes): against a naive loop; the queue itself; the head."""
 from __future__ import annotations
 
 import pytest
@@ -50,6 +51,35 @@ def test_loss_and_gradient_match_naive_loop(labels, mem_labels, divisor):
     got.backward()
     want.backward()
     torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("divisor", ["positives", "positives_plus_one"])
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_centres_match_naive_loop_and_receive_gradients(divisor, with_memory):
+    labels, mem_labels = [0, 1, 0, 2], ([2, 1, 1] if with_memory else [])
+    z = unit(4, 4).requires_grad_(True)
+    centres = unit(3, 5).requires_grad_(True)
+    mem = unit(len(mem_labels), 6)
+    z_ref, centres_ref = (t.detach().clone().requires_grad_(True) for t in (z, centres))
+    memory = (mem, torch.tensor(mem_labels, dtype=torch.long)) if with_memory else None
+    got = SupConLoss(0.2, divisor)(z, torch.tensor(labels), memory, centres)
+    # naive: the centres are memory rows labelled 0..C-1 that keep their gradient
+    want = naive_supcon_with_memory(z_ref, labels, torch.cat([mem, centres_ref]), mem_labels + [0, 1, 2], 0.2, divisor)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(centres.grad, centres_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_head_with_prototypes_gives_every_anchor_a_positive():
+    head = ContrastiveHead(4, "linear", 3, 0.1, "positives", num_prototypes=3)
+    loss = head(torch.randn(3, 4), torch.tensor([0, 1, 2])).loss  # no two texts share a class
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert head.prototypes.grad is not None and head.prototypes.grad.abs().sum() > 0
+    assert "prototypes" in dict(head.named_parameters())
+    assert load_config(None, ["method.name=scpl", "method.supcon_prototypes=true"]).method.supcon_prototypes
 
 
 def test_empty_memory_is_the_plain_loss():
