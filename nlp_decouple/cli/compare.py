@@ -140,11 +140,23 @@ def run_in_process(run: PlannedRun, recipe: str) -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def refuse_tuning_seeds(recipe: str, seeds: list[int]) -> None:
+    """A recipe written by ``tune`` must be reported on seeds it was not tuned on."""
+    from ..tuning.recipe import read_provenance
+
+    provenance = read_provenance(recipe) or {}
+    reused = sorted(set(seeds) & set(provenance.get("tuning_seeds", [])))
+    if reused:
+        raise UserError(f"seeds {reused} tuned {recipe!r}: report on other seeds (e.g. seeds=0,1,2), never the tuning "
+                        "ones")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     methods, seeds, common = split_sweep(args.overrides)
     base = load_config(args.recipe, common)  # a bad override fails here, before anything trains
+    refuse_tuning_seeds(args.recipe, seeds)
     out = args.out or Path(base.output_dir) / f"compare-{Path(args.recipe).stem}"
     runs = plan(args.recipe, methods, seeds, common, out)
     todo = [r for r in runs if r.state != "done"]

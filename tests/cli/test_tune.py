@@ -62,6 +62,12 @@ def test_tune_writes_studies_and_recipes_of_the_best_trials_without_touching_tes
             assert yaml.safe_load((run / "config.yaml").read_text())["eval"]["test"] is False
             assert max(json.loads(line)["validation"]["accuracy"] for line in (run / "metrics.jsonl").open()) \
                 == trial.value
+    # compare refuses to report a tuned recipe on its tuning seeds
+    from nlp_decouple.cli.compare import main as compare
+
+    capsys.readouterr()
+    assert compare([str(out / "bp.yaml"), "methods=bp", "seeds=1,100", "--out", str(tmp_path / "cmp")]) == 2
+    assert "seeds [100] tuned" in capsys.readouterr().err
     # the same folder with other settings is refused rather than mixed into the study
     capsys.readouterr()
     assert main([RECIPE, "methods=bp", "trials=3", *TINY, "model.hidden_size=8", "--out", str(out)]) == 2
