@@ -119,7 +119,11 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
-    pipeline: bool = False  # layer groups as pipeline stages, one worker thread (and device) each
+    # layer groups as pipeline stages: false | true = threads (a worker thread and device each, one process) |
+    # processes (a contiguous block of stages per rank of accelerate launch / torchrun; decoupled methods)
+    pipeline: bool | Literal["threads", "processes"] = False
+    stages_per_rank: list[int] | None = None  # pipeline=processes: stages of rank 0, 1, ...; null: balanced
+    timeout_s: float = 600.0  # seconds a wait on another process may last before the run fails
     devices: str | list[str] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
     micro_batches: int = 4  # pipelined bp (GPipe): micro-batches per batch
     queue_size: int = 2  # pipeline: batches a stage may run ahead of the next
@@ -417,6 +421,14 @@ def validate(cfg: Config) -> None:
                "use method.backward=per_group")
         _check(t.micro_batches >= 1 and t.queue_size >= 1, "train.micro_batches and train.queue_size must be >= 1")
         _check(t.threads_per_stage is None or t.threads_per_stage >= 1, "train.threads_per_stage must be >= 1")
+    if t.pipeline == "processes":
+        _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses every "
+               "stage): for bp use train.pipeline=threads (GPipe over micro-batches)")
+        _check(not meth.gather_features, "method.gather_features pools SupCon over data-parallel ranks, and "
+               "train.pipeline=processes has none: unset method.gather_features")
+    _check(t.stages_per_rank is None or t.pipeline == "processes", "train.stages_per_rank needs "
+           "train.pipeline=processes")
+    _check(t.timeout_s > 0, f"train.timeout_s: {t.timeout_s} must be > 0")
     _check(t.save_every is None or t.save_every > 0, f"train.save_every: {t.save_every} must be positive or null")
     _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints: {t.keep_checkpoints} must be >= 1")
     _check(t.max_nonfinite >= 1, f"train.max_nonfinite: {t.max_nonfinite} must be >= 1")
@@ -428,7 +440,7 @@ def validate(cfg: Config) -> None:
 
 
 # how and where a run is carried out, not what it computes: a run may be moved, or resumed with other values
-_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.progress", "train.save_every",
+_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.progress", "train.save_every", "train.timeout_s",
                  "train.keep_checkpoints", "train.log_with", "data.num_workers"}
 
 

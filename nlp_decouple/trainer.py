@@ -13,19 +13,20 @@ import json
 import logging
 import math
 import time
+from datetime import timedelta
 from typing import Callable
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .config import Config, flatten, group_sizes, run_identity, save_config
 from .data import build_loaders, load_text_data, tokenize_splits
-from .engines import build_engine
+from .engines import build_engine, prepare_stages
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
@@ -43,12 +44,17 @@ class NonFiniteLoss(UserError):
     pass
 
 
+def wait_limit(seconds: float) -> InitProcessGroupKwargs:
+    # every collective of a multi-process run fails after train.timeout_s instead of hanging on a lost rank
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg, t = cfg, cfg.train
         self.run_dir = cfg.run_dir()
-        self.accelerator = acc = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu,
-                                             log_with=t.log_with or None, project_dir=str(self.run_dir))
+        self.accelerator = acc = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu, log_with=t.log_with or None,
+                                             project_dir=str(self.run_dir), kwargs_handlers=[wait_limit(t.timeout_s)])
         if t.num_processes is not None and acc.num_processes != t.num_processes:
             raise UserError(f"train.num_processes={t.num_processes} but {acc.num_processes} process(es) were "
                             "launched; on CPU use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
@@ -74,14 +80,12 @@ class Trainer:
         if cfg.model.freeze_embeddings:
             self.model.embedding.weight.requires_grad_(False)
         per_group = self.model.decoupled and cfg.method.backward == "per_group"
-        # the loader is sharded by prepare(): each process makes ceil(len / num_processes) updates an epoch
+        # data parallel shards the loader: each process makes ceil(len / num_processes) updates an epoch; a
+        # process pipeline is one model over the ranks, each rank seeing every batch (schedulers unprepared)
+        self.replicas = 1 if t.pipeline == "processes" else acc.num_processes
         self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / acc.num_processes), acc.num_processes)
-        # a DDP wrapper per trainable stage: each backward syncs its own stage's gradients
-        train_stages = [acc.prepare(stage) if k in self.opt.optimizer_of else stage.to(acc.device)
-                        for k, stage in enumerate(self.model.stages)]
-        self.opt.prepare(acc)
-        self.loaders.train = acc.prepare(self.loaders.train)
+                                      math.ceil(len(self.loaders.train) / self.replicas), self.replicas)
+        train_stages = prepare_stages(cfg, self.model, self.opt, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)
         self.engine = build_engine(cfg, self.model, train_stages, self.opt, acc, self._seed_step)
@@ -171,7 +175,7 @@ class Trainer:
         return spent + time.perf_counter() - start
 
     def _record_step(self, state: TrainState, batch: dict, values: list[float]) -> None:
-        bad = state.record_step(batch["labels"].shape[0] * self.accelerator.num_processes, values)
+        bad = state.record_step(batch["labels"].shape[0] * self.replicas, values)
         if self.cfg.train.log_with and state.step % 10 == 0:
             self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=state.step)
         if not bad:
@@ -190,6 +194,7 @@ class Trainer:
 
     def _end_epoch(self, state: TrainState, epoch_time: float) -> None:
         acc, cfg = self.accelerator, self.cfg
+        self.engine.gather_weights()
         scores, outs = evaluate(self.model, self.loaders.evals, self.loaders.probe, acc, cfg.eval.every_group,
                                 cfg.eval.probe_max_iter, cfg.train.seed)
         losses = np.nanmean(np.asarray(state.epoch_losses, dtype=float), axis=0).tolist() if state.epoch_losses else []

@@ -4,7 +4,9 @@ the config asks for.
 - :class:`~.sequential.Sequential`: every stage in turn in this process; data parallel over processes;
 - :class:`~.threaded.ThreadedPipeline`: a decoupled method's stages as a pipeline of worker threads, one per
   device slot (``train.pipeline=true``);
-- :class:`~.gpipe.GPipe`: ``bp`` pipelined over micro-batches (``train.pipeline=true, method.name=bp``).
+- :class:`~.gpipe.GPipe`: ``bp`` pipelined over micro-batches (``train.pipeline=true, method.name=bp``);
+- :class:`~.processes.ProcessPipeline`: a decoupled method's stages in blocks over the ranks of a launch
+  (``train.pipeline=processes``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..optim import Optimization
 from ..signals import all_ranks
 from .base import Engine
 from .gpipe import GPipe
+from .processes import PipelinePeerError, ProcessPipeline, build_process_pipeline
 from .placement import assign_devices, assign_workers, place_stages
 from .sequential import Sequential
 from .threaded import ThreadedPipeline
@@ -32,12 +35,15 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimi
                  seed: Callable[[int], None]) -> Engine:
     """``stages``: the model's stages as prepared for training (DDP twins under several processes)."""
     t = cfg.train
+    if t.pipeline == "processes":
+        return build_process_pipeline(cfg, model, opt, accelerator)
     if not t.pipeline:
         per_group = model.decoupled and cfg.method.backward == "per_group"
         return Sequential(model, stages, opt, per_group, lambda flags: all_ranks(flags, accelerator), seed)
     if accelerator.num_processes != 1:
-        raise UserError("train.pipeline runs in one process (its stages are the parallelism): launch without "
-                        "--num_processes, or set train.pipeline=false for data parallel")
+        raise UserError("train.pipeline=threads runs in one process (its stages are the parallelism): launch "
+                        "without --num_processes, set train.pipeline=processes for a block of stages per process "
+                        "(decoupled methods), or train.pipeline=false for data parallel")
     if model.decoupled:
         devices = assign_devices(t.devices, len(model.stages))
         place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
@@ -62,5 +68,23 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimi
                  step=lambda finite: opt.finish(0, skip=not finite), seed=seed)
 
 
-__all__ = ["Engine", "GPipe", "PipelineError", "Sequential", "ThreadedPipeline", "assign_devices", "assign_workers",
-           "build_engine", "place_stages", "thread_budget"]
+def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, loaders, accelerator: Accelerator
+                   ) -> list:
+    """The stages as the engine trains them, with the optimizers and training loader prepared to match.
+    Data parallel: a DDP wrapper per trainable stage (each backward syncs its own stage's gradients), the
+    loader sharded over the processes. Process pipeline: the stages as they are (each rank trains its own
+    block), every rank iterating the whole loader; optimizers and schedulers unwrapped (Accelerate would
+    save rank 0's alone: the engine's PipelineState saves every rank's)."""
+    if cfg.train.pipeline == "processes":
+        model.to(accelerator.device)
+        opt.accelerator = accelerator
+        return list(model.stages)
+    stages = [accelerator.prepare(stage) if k in opt.optimizer_of else stage.to(accelerator.device)
+              for k, stage in enumerate(model.stages)]
+    opt.prepare(accelerator)
+    loaders.train = accelerator.prepare(loaders.train)
+    return stages
+
+
+__all__ = ["Engine", "GPipe", "PipelineError", "PipelinePeerError", "ProcessPipeline", "Sequential", "ThreadedPipeline",
+           "assign_devices", "assign_workers", "build_engine", "place_stages", "prepare_stages", "thread_budget"]

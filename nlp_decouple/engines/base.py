@@ -20,5 +20,9 @@ class Engine(ABC):
     def run(self, batches: Iterator[dict], limit: int, first_step: int) -> Iterator[tuple[dict, list[float]]]:
         """Train on at most ``limit`` batches; see the module docstring."""
 
+    def gather_weights(self) -> None:
+        """Make this process's copy of every stage current before evaluation or saving (a process
+        pipeline trains each stage on one rank only); nothing to do for the other engines."""
+
     def close(self) -> None:
         """End any threads (idempotent)."""

@@ -1,0 +1,112 @@
+"""Run by tests/engines/test_processes.py in a fresh interpreter: the process pipeline against references.
+
+    python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders
+    python tests/engines/_process_check.py resume OUT_DIR     # SIGKILL of one rank, then train.resume=auto
+
+Pipelines run under ``accelerate.debug_launcher`` (gloo, forked children); the sequential references run
+afterwards in this parent, which must not run torch work before the fork (a fork of a running OpenMP pool
+can deadlock); importing is fine. Prints ``ok`` when every comparison holds bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import debug_launcher
+
+from nlp_decouple.config import load_config
+from nlp_decouple.trainer import Trainer  # imported before the fork: each child would spend ~15 s on it
+
+BASE = ["train.progress=false", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
+        "model.num_layers=2", "model.dropout=0", "data.synthetic_train_size=200", "data.synthetic_test_size=40",
+        "train.batch_size=16", "train.epochs=1", "train.max_steps=5", "eval.every_group=false", "train.cpu=true"]
+CASES = [(m, e) for e in ("lstm", "transformer") for m in ("scpl", "early_exit", "deinforeg", "al")]
+
+
+def fit(out: Path, name: str, *extra: str) -> dict:
+    trainer = Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", f"run_name={name}", *extra]))
+    results = trainer.fit()
+    if "train.pipeline=processes" in extra:  # really a pipeline over every launched rank
+        engine, world = trainer.engine, int(os.environ.get("WORLD_SIZE", "1"))
+        assert type(engine).__name__ == "ProcessPipeline" and engine.world == world == len(set(engine.owners))
+    weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return {"weights": weights, "steps": results["steps"], "test_accuracy": results["test_accuracy"]}
+
+
+def pipelines(out: Path, cases: list[tuple[str, str]], world: int) -> None:
+    import torch.distributed as dist
+
+    assert int(os.environ["WORLD_SIZE"]) == world
+    for i, (method, encoder) in enumerate(cases):
+        layout = ["train.stages_per_rank=[2,1]"] if i % 2 and world == 2 else []  # balanced and given layouts
+        got = fit(out, f"pp-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}",
+                  "train.pipeline=processes", *layout)
+        if dist.get_rank() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(got, out / f"pp-{method}-{encoder}.pt")
+
+
+def same(a: dict, b: dict, what: str) -> None:
+    assert a["steps"] == b["steps"] and a["test_accuracy"] == b["test_accuracy"], (what, a["steps"], b["steps"])
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), f"{what}: {key} differs"
+
+
+def equal(out: Path) -> None:
+    # every launch before any work here: a child forked after this process built an Accelerator would
+    # inherit its one-process state
+    debug_launcher(lambda: pipelines(out, CASES, 2), num_processes=2)
+    debug_launcher(lambda: pipelines(out / "three", CASES[:1], 3), num_processes=3)  # a stage per rank
+    for method, encoder in CASES:
+        ref = fit(out, f"seq-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}")
+        same(torch.load(out / f"pp-{method}-{encoder}.pt"), ref, f"{method}/{encoder}")
+        if (method, encoder) == CASES[0]:
+            same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks")
+
+
+def resume_run(out: Path, kill_at: int | None) -> None:
+    import torch.distributed as dist
+
+    extra = ["method.name=scpl", "model.encoder=lstm", "train.pipeline=processes", "train.save_every=2",
+             "model.dropout=0.2", "train.max_steps=7", "train.resume=auto"]
+    trainer = Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", "run_name=killed", *extra]))
+    if kill_at is not None and dist.get_rank() == 1:  # rank 1 dies mid-chunk after the step-4 checkpoint
+        head, forward, calls = trainer.model.stages[-1].head, trainer.model.stages[-1].head.forward, [0]
+
+        def dying(pooled, labels):
+            calls[0] += labels is not None
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return forward(pooled, labels)
+        head.forward = dying
+    trainer.fit()
+    if dist.get_rank() == 0:
+        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out / "resumed.pt")
+
+
+def resume(out: Path) -> None:
+    try:
+        debug_launcher(lambda: resume_run(out, kill_at=6), num_processes=2)
+        raise AssertionError("the killed run finished")
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the launcher reports the killed child
+        print(f"killed run ended: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    checkpoints = sorted(p.name for p in (out / "killed" / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert checkpoints[-1] == "step_00000004", checkpoints
+    debug_launcher(lambda: resume_run(out, kill_at=None), num_processes=2)
+    resumed = torch.load(out / "resumed.pt")
+    # the reference: the same run uninterrupted, with dropout seeded per step and stage, in one process
+    ref = fit(out, "whole", "method.name=scpl", "model.encoder=lstm", "train.pipeline=processes",
+              "model.dropout=0.2", "train.max_steps=7")
+    for key in ref["weights"]:
+        assert torch.equal(resumed[key], ref["weights"][key]), f"resumed: {key} differs"
+
+
+if __name__ == "__main__":
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    {"equal": equal, "resume": resume}[scenario](out)
+    print("ok")
