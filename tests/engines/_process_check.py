@@ -23,6 +23,7 @@ from nlp_decouple.trainer import Trainer  # imported before the fork: each child
 BASE = ["train.progress=false", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
         "model.num_layers=2", "model.dropout=0", "data.synthetic_train_size=200", "data.synthetic_test_size=40",
         "train.batch_size=16", "train.epochs=1", "train.max_steps=5", "eval.every_group=false", "train.cpu=true"]
+HANDOFF = "model.lstm_state_handoff=true"
 CASES = [(m, e) for e in ("lstm", "transformer") for m in ("scpl", "early_exit", "deinforeg", "al")]
 
 
@@ -36,14 +37,14 @@ def fit(out: Path, name: str, *extra: str) -> dict:
     return {"weights": weights, "steps": results["steps"], "test_accuracy": results["test_accuracy"]}
 
 
-def pipelines(out: Path, cases: list[tuple[str, str]], world: int) -> None:
+def pipelines(out: Path, cases: list[tuple[str, ...]], world: int) -> None:
     import torch.distributed as dist
 
     assert int(os.environ["WORLD_SIZE"]) == world
-    for i, (method, encoder) in enumerate(cases):
+    for i, (method, encoder, *extra) in enumerate(cases):
         layout = ["train.stages_per_rank=[2,1]"] if i % 2 and world == 2 else []  # balanced and given layouts
         got = fit(out, f"pp-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}",
-                  "train.pipeline=processes", *layout)
+                  "train.pipeline=processes", *layout, *extra)
         if dist.get_rank() == 0:
             out.mkdir(parents=True, exist_ok=True)
             torch.save(got, out / f"pp-{method}-{encoder}.pt")
@@ -59,12 +60,14 @@ def equal(out: Path) -> None:
     # every launch before any work here: a child forked after this process built an Accelerator would
     # inherit its one-process state
     debug_launcher(lambda: pipelines(out, CASES, 2), num_processes=2)
-    debug_launcher(lambda: pipelines(out / "three", CASES[:1], 3), num_processes=3)  # a stage per rank
+    # a stage per rank; the LSTM's final (h, c) handed on with the hidden states, across both rank cuts
+    debug_launcher(lambda: pipelines(out / "three", [(*CASES[0], HANDOFF)], 3), num_processes=3)
     for method, encoder in CASES:
         ref = fit(out, f"seq-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}")
         same(torch.load(out / f"pp-{method}-{encoder}.pt"), ref, f"{method}/{encoder}")
-        if (method, encoder) == CASES[0]:
-            same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks")
+    method, encoder = CASES[0]
+    ref = fit(out, "seq-handoff", f"method.name={method}", f"model.encoder={encoder}", HANDOFF)
+    same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks, LSTM state handed on")
 
 
 def resume_run(out: Path, kill_at: int | None) -> None:
