@@ -15,7 +15,11 @@ within a combination. Modes, each on a fresh copy of the same initial model:
   ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
   ``auto``: the visible GPUs);
 - ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.engines.GPipe`,
-  ``--micro-batches`` chunks through the same placement, one optimizer step per batch.
+  ``--micro-batches`` chunks through the same placement, one optimizer step per batch;
+- ``scpl_processes`` (not in the default ``--modes``): :class:`nlp_decouple.engines.ProcessPipeline`,
+  ``--ranks`` worker processes (gloo on localhost, spawned once per configuration and not timed), each
+  with ``--stage-threads`` intra-op threads (default 1) and a balanced block of stages; the time is taken
+  on rank 0 between two barriers around the batches, as ``train.pipeline=processes`` runs them.
 
 Stages should cost about the same: the embedding block is nearly free, so an even number of encoder
 layers in 2 groups (``--layers 4 8``: 5 and 9 blocks, groups of 3+2 and 5+4 blocks) gives 2 equal
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import math
 import os
@@ -57,7 +62,9 @@ sys.path.insert(0, str(REPO))
 
 from nlp_decouple.config import group_sizes, load_config  # noqa: E402
 from nlp_decouple.classifier import StagedClassifier  # noqa: E402
-from nlp_decouple.engines import GPipe, ThreadedPipeline, assign_devices, place_stages, thread_budget  # noqa: E402
+from nlp_decouple.engines import (GPipe, ProcessPipeline, ThreadedPipeline, assign_devices,  # noqa: E402
+                                  place_stages, thread_budget)
+from nlp_decouple.engines.processes import stage_owners  # noqa: E402
 
 
 def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, classes: int, seed: int, pin: bool):
@@ -137,14 +144,105 @@ def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batche
     return rows
 
 
+def _rank_main(rank: int, world: int, port: int, args, layers: int, conn) -> None:
+    """One rank of ``scpl_processes``: holds the model, trains its own stages on what the parent sends."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(args.stage_threads or 1)
+    model = build(args, "scpl", layers)
+    owners = stage_owners(len(model.stages), world)
+    engine = ProcessPipeline(model.stages, owners, torch.device("cpu"), None, lambda step, k: None,
+                             queue_size=args.queue_size)
+    while True:
+        command, payload = conn.recv()
+        if command == "stop":
+            break
+        if command == "state":  # a fresh copy of the initial model, as every other mode gets
+            model.load_state_dict(payload)
+            continue
+        engine.update = updater(model, args.lr)  # fresh optimizers per call, as run_sequential
+        dist.barrier()
+        start = time.perf_counter()
+        rows = [values for _, values in engine.run(iter(payload))]
+        dist.barrier()
+        conn.send((rows, time.perf_counter() - start))
+    dist.destroy_process_group()
+
+
+class RankPool:
+    """``--ranks`` processes running :func:`_rank_main`; called like the other modes' functions, it returns
+    the rows and the seconds rank 0 measured (spawning and pickling the batches are not timed)."""
+
+    def __init__(self, args, layers: int):
+        self.args, self.layers, self.procs, self.conns, self.held = args, layers, [], [], None
+
+    def __call__(self, model, batches):
+        if not self.procs:
+            import socket
+            import torch.multiprocessing as mp
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            ctx = mp.get_context("spawn")
+            here = str(Path(__file__).resolve().parent)
+            if here not in sys.path:  # a spawned child imports this script by name (loaded as a module in tests)
+                sys.path.insert(0, here)
+            target = importlib.import_module(__name__)._rank_main  # the function pickle finds under that name
+            for rank in range(self.args.ranks):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=target, args=(rank, self.args.ranks, port, self.args, self.layers, theirs),
+                                   daemon=True)
+                proc.start()
+                self.procs.append(proc)
+                self.conns.append(mine)
+        if model is not self.held:
+            for conn in self.conns:
+                conn.send(("state", model.state_dict()))
+            self.held = model
+        for conn in self.conns:
+            conn.send(("run", batches))
+        answers = []
+        for conn in self.conns:
+            while not conn.poll(1.0):
+                if not all(proc.is_alive() for proc in self.procs):
+                    raise RuntimeError("a scpl_processes rank died: see its traceback above")
+            answers.append(conn.recv())
+        return answers[0]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(("stop", None))
+        for proc in self.procs:
+            proc.join(60)
+        self.procs, self.conns = [], []
+
+
+def _cuda_peak_mb(reset: bool = False) -> float | None:
+    """Peak CUDA memory allocated since the last reset, summed over the visible GPUs (None without CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    devices = range(torch.cuda.device_count())
+    if reset:
+        for i in devices:
+            torch.cuda.reset_peak_memory_stats(i)
+        return None
+    return sum(torch.cuda.max_memory_allocated(i) for i in devices) / 2**20
+
+
 def measure(name: str, fn, model, warmup_batches, batches, samples: int) -> dict:
+    _cuda_peak_mb(reset=True)
     fn(model, warmup_batches)
     start = time.perf_counter()
     rows = fn(model, batches)
     seconds = time.perf_counter() - start
+    if isinstance(rows, tuple):  # the runner timed itself (scpl_processes)
+        rows, seconds = rows
     last = rows[-1] if rows else []
     result = {"mode": name, "seconds": seconds, "batches": len(batches), "samples_per_s": samples / seconds,
-              "last_losses": [v if math.isfinite(v) else None for v in last]}
+              "last_losses": [v if math.isfinite(v) else None for v in last], "peak_memory_mb": _cuda_peak_mb()}
     print(f"{name:16s} {result['samples_per_s']:10.1f} samples/s  ({seconds:.2f}s for {len(batches)} batches)",
           flush=True)
     return result
@@ -172,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the caller (default: torch's)")
     p.add_argument("--stage-threads", type=int, default=None,
                    help="torch threads per pipeline stage (default: the caller's threads split over the CPU stages)")
+    p.add_argument("--ranks", type=int, default=2, help="scpl_processes: processes of the pipeline")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -215,6 +314,8 @@ def mode_runner(args, p, devices, mode: str, layers: int):
     if mode == "scpl_pipeline":
         return build(args, "scpl", layers), lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size,
                                                                       args.stage_threads)
+    if mode == "scpl_processes":
+        return build(args, "scpl", layers), RankPool(args, layers)
     if mode == "bp_gpipe":
         return build(args, "bp", layers), lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches,
                                                                  args.stage_threads)
@@ -242,10 +343,14 @@ def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
             rounds[mode].append(measure(mode, fn, copy.deepcopy(model), warm, timed, samples))
             torch.set_num_threads(threads)
     results = []
+    for _, fn in runners.values():
+        if isinstance(fn, RankPool):
+            fn.close()
     for mode in modes:
         speeds = [m["samples_per_s"] for m in rounds[mode]]
         result = {"mode": mode, "samples_per_s": statistics.median(speeds), "samples_per_s_rounds": speeds,
-                  "batches": args.batches, "last_losses": rounds[mode][-1]["last_losses"]}
+                  "batches": args.batches, "last_losses": rounds[mode][-1]["last_losses"],
+                  "peak_memory_mb": rounds[mode][-1]["peak_memory_mb"]}
         if "bp" in rounds:
             ratios = [m["samples_per_s"] / b["samples_per_s"] for m, b in zip(rounds[mode], rounds["bp"])]
             result["ratio_to_bp"], result["ratio_to_bp_rounds"] = statistics.median(ratios), ratios
@@ -253,6 +358,8 @@ def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
             result["ratio_to_bp"] = None
         if mode in ("scpl_pipeline", "bp_gpipe"):
             result["threads_per_stage"] = thread_budget(args.stage_threads, devices)
+        elif mode == "scpl_processes":
+            result["processes"], result["threads_per_process"] = args.ranks, args.stage_threads or 1
         else:
             result["threads"] = 1 if mode.endswith("_1thread") else threads
         results.append(result)

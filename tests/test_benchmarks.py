@@ -62,3 +62,14 @@ def test_time_to_accuracy_reads_finished_runs(tiny_sweep, tmp_path, monkeypatch)
         if all(r is not None for r in reach):
             assert row["time_to_0.3_s"] == pytest.approx(sum(reach) / len(reach))
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_process_pipeline_mode_trains_exactly_as_sequential_scpl(tmp_path):
+    out = tmp_path / "pp.json"
+    assert script("pipeline_throughput").main(
+        ["--layers", "2", "--batch-size", "8", "--batches", "2", "--warmup", "1", "--repeats", "1", "--hidden", "16",
+         "--seq-len", "12", "--modes", "bp,scpl_sequential,scpl_processes", "--out", str(out)]) == 0
+    by_mode = {r["mode"]: r for r in json.loads(out.read_text())["configs"][0]["results"]}
+    ranks = by_mode["scpl_processes"]
+    assert ranks["processes"] == 2 and ranks["threads_per_process"] == 1 and ranks["ratio_to_bp"] > 0
+    assert ranks["last_losses"] == by_mode["scpl_sequential"]["last_losses"]  # same batches, same updates
