@@ -73,3 +73,20 @@ def test_process_pipeline_mode_trains_exactly_as_sequential_scpl(tmp_path):
     ranks = by_mode["scpl_processes"]
     assert ranks["processes"] == 2 and ranks["threads_per_process"] == 1 and ranks["ratio_to_bp"] > 0
     assert ranks["last_losses"] == by_mode["scpl_sequential"]["last_losses"]  # same batches, same updates
+
+
+def test_gpu_check_skips_every_cuda_check_cleanly_without_a_gpu():
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run bash benchmarks/gpu_check.sh itself")
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r[0].lstrip("| ") for r in rows]
+    assert names[:2] == ["thread_pipeline", "process_pipeline"] and "throughput" in names and "agnews_scpl" in names
+    assert {f"bf16_{m}" for m in ("bp", "scpl", "early_exit", "deinforeg", "al")} <= set(names)
+    assert all(r[1] == "skip" for r in rows), rows
