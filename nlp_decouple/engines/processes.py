@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 from datetime import timedelta
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
@@ -100,7 +101,8 @@ class Link:
             if work.wait(timeout=self.timeout) is False:
                 raise RuntimeError(f"no answer within {self.timeout.total_seconds():.0f}s")
         except RuntimeError as err:  # also torch.distributed.DistBackendError
-            reason = (str(err).strip().splitlines() or ["?"])[0][:200]
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", (str(err).strip().splitlines() or ["?"])[0])  # no source path
+            reason = reason.split(". ")[0][:160]
             raise PipelinePeerError(f"pipeline rank {_rank_world()[0]}: {what} failed ({reason}); another rank has "
                                     "probably failed or hangs: see its log") from None
 

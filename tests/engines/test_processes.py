@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nlp_decouple.config import load_config
-from nlp_decouple.engines.processes import stage_owners
+from nlp_decouple.engines.processes import Link, PipelinePeerError, stage_owners
 from nlp_decouple.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,3 +70,19 @@ def test_what_a_process_pipeline_cannot_run_is_refused(overrides, match):
 def test_stages_per_rank_needs_the_process_pipeline():
     with pytest.raises(UserError, match="needs train.pipeline=processes"):
         load_config(None, ["method.name=scpl", "train.stages_per_rank=[1,2]"])
+
+
+def test_a_lost_peer_ends_a_rank_with_one_line_naming_it():
+    import torch
+
+    class Lost:  # what gloo raises when the other end of a send or receive died
+        def wait(self, timeout):
+            raise RuntimeError("[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4. "
+                               "This is typically caused by a remote worker crashing.\nmore lines")
+
+    link = Link(torch.device("cpu"), torch.device("cpu"), timeout_s=5, in_flight=2)
+    with pytest.raises(PipelinePeerError) as caught:
+        link.wait(Lost(), "receiving a carry from rank 1")
+    assert str(caught.value) == ("pipeline rank 0: receiving a carry from rank 1 failed (Connection closed by peer "
+                                 "[127.0.0.1]:4); another rank has probably failed or hangs: see its log")
+    assert isinstance(caught.value, UserError)  # the CLI prints it as one line and exits 2
