@@ -1,6 +1,6 @@
 """Run by tests/engines/test_processes.py in a fresh interpreter: the process pipeline against references.
 
-    python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders
+    python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders; a NaN
     python tests/engines/_process_check.py resume OUT_DIR     # SIGKILL of one rank, then train.resume=auto
 
 Pipelines run under ``accelerate.debug_launcher`` (gloo, forked children); the sequential references run
@@ -41,6 +41,8 @@ def pipelines(out: Path, cases: list[tuple[str, ...]], world: int) -> None:
     import torch.distributed as dist
 
     assert int(os.environ["WORLD_SIZE"]) == world
+    if world == 2:
+        nan_on_the_last_rank(out)
     for i, (method, encoder, *extra) in enumerate(cases):
         layout = ["train.stages_per_rank=[2,1]"] if i % 2 and world == 2 else []  # balanced and given layouts
         got = fit(out, f"pp-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}",
@@ -48,6 +50,30 @@ def pipelines(out: Path, cases: list[tuple[str, ...]], world: int) -> None:
         if dist.get_rank() == 0:
             out.mkdir(parents=True, exist_ok=True)
             torch.save(got, out / f"pp-{method}-{encoder}.pt")
+
+
+def nan_on_the_last_rank(out: Path) -> None:
+    """A NaN loss in the last rank's stage at step 2: every rank reports the same rows (that stage's value
+    nan, the others finite), training goes on, no hang."""
+    import torch.distributed as dist
+
+    trainer = Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", "run_name=nan",
+                                                              "method.name=scpl", "train.pipeline=processes"]))
+    head, forward, calls = trainer.model.stages[-1].head, trainer.model.stages[-1].head.forward, [0]
+
+    def poisoned(pooled, labels):
+        got = forward(pooled, labels)
+        calls[0] += 1
+        if calls[0] == 3:
+            got.loss = got.loss * float("nan")
+        return got
+    head.forward = poisoned
+    rows = torch.tensor([values for _, values in trainer.engine.run(iter(trainer.loaders.train), 4, 0)])
+    everyone = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, rows)
+    assert all(torch.equal(r.isnan(), everyone[0].isnan()) and torch.equal(r.nan_to_num(), everyone[0].nan_to_num())
+               for r in everyone), everyone
+    assert rows.isnan().nonzero().tolist() == [[2, len(trainer.model.stages) - 1]], rows
 
 
 def same(a: dict, b: dict, what: str) -> None:
