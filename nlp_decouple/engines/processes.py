@@ -133,7 +133,7 @@ class Link:
     def receive(self, src: int) -> Carry:
         header = torch.zeros(HEADER_BYTES, dtype=torch.uint8, device=self.transport)
         self.wait(dist.irecv(header, src), f"receiving a carry from rank {src}")
-        spec = json.loads(bytes(header.cpu().tolist()).rstrip(b"\0"))
+        spec = json.loads(header.cpu().numpy().tobytes().rstrip(b"\0"))
         bufs = [torch.empty(shape, device=self.transport,
                             dtype=torch.uint8 if dtype == "bool" else getattr(torch, dtype)) for _, dtype, shape in spec]
         works = [dist.irecv(b, src) for b in bufs]
