@@ -1,6 +1,7 @@
 """Run by tests/engines/test_processes.py in a fresh interpreter: the process pipeline against references.
 
-    python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders; a NaN
+    python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders (and AL
+                                                              # on a tiny pretrained BERT); a NaN
     python tests/engines/_process_check.py resume OUT_DIR     # SIGKILL of one rank, then train.resume=auto
 
 Pipelines run under ``accelerate.debug_launcher`` (gloo, forked children); the sequential references run
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,14 +84,31 @@ def same(a: dict, b: dict, what: str) -> None:
         assert torch.equal(a["weights"][key], b["weights"][key]), f"{what}: {key} differs"
 
 
+TINY_BERT = ("from transformers import AutoConfig, AutoModel; import torch, sys; torch.manual_seed(0); "
+             "AutoModel.from_config(AutoConfig.for_model('bert', vocab_size=120, max_position_embeddings=40, "
+             "pad_token_id=0, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64))"
+             ".save_pretrained(sys.argv[1])")
+
+
+def pretrained(out: Path) -> tuple[str, ...]:
+    """A pretrained-encoder case: a tiny random BERT saved by another process (no torch work here)."""
+    path = out / "tiny-bert"
+    if not path.is_dir():
+        subprocess.run([sys.executable, "-c", TINY_BERT, str(path)], check=True)
+    # a word vocabulary: WordPiece training is not repeatable across processes (its ties fall differently)
+    return ("al", "pretrained", f"model.pretrained={path}", "model.num_layers=null", "tokenizer.train=word",
+            "tokenizer.vocab_size=100")
+
+
 def equal(out: Path) -> None:
     # every launch before any work here: a child forked after this process built an Accelerator would
     # inherit its one-process state
-    debug_launcher(lambda: pipelines(out, CASES, 2), num_processes=2)
+    cases = [*CASES, pretrained(out)]
+    debug_launcher(lambda: pipelines(out, cases, 2), num_processes=2)
     # a stage per rank; the LSTM's final (h, c) handed on with the hidden states, across both rank cuts
     debug_launcher(lambda: pipelines(out / "three", [(*CASES[0], HANDOFF)], 3), num_processes=3)
-    for method, encoder in CASES:
-        ref = fit(out, f"seq-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}")
+    for method, encoder, *extra in cases:
+        ref = fit(out, f"seq-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}", *extra)
         same(torch.load(out / f"pp-{method}-{encoder}.pt"), ref, f"{method}/{encoder}")
     method, encoder = CASES[0]
     ref = fit(out, "seq-handoff", f"method.name={method}", f"model.encoder={encoder}", HANDOFF)

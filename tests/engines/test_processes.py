@@ -26,7 +26,7 @@ def _check(scenario: str, out: Path) -> None:
 
 @pytest.mark.slow
 def test_two_and_three_ranks_train_exactly_as_sequential(tmp_path):
-    _check("equal", tmp_path)  # scpl, early_exit, deinforeg, al x lstm, transformer; balanced and given layouts
+    _check("equal", tmp_path)  # 4 methods x lstm, transformer, and al on a tiny BERT; balanced and given layouts
 
 
 @pytest.mark.slow
