@@ -45,6 +45,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if HF_CACHE.is_dir():
     os.environ["HF_HUB_CACHE"] = str(HF_CACHE)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest worker per core (pytest -n 2): each keeps to one intra-op thread, so two workers do not
+    # oversubscribe the cores (two OpenMP pools spin-waiting on each other are 10-100x slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
