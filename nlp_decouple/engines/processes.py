@@ -291,6 +291,9 @@ def build_process_pipeline(cfg, model, opt, accelerator) -> ProcessPipeline:
     ``accelerator.device``; ``opt``: per-stage optimizers, unprepared)."""
     t = cfg.train
     world = _rank_world()[1]
+    if accelerator.num_processes != world:  # torchrun on a CPU machine without train.cpu: every rank a "main"
+        raise UserError(f"train.pipeline=processes: {world} processes were launched but Accelerate counts "
+                        f"{accelerator.num_processes}; on a CPU machine add train.cpu=true (or ACCELERATE_USE_CPU=1)")
     if t.threads_per_stage:  # this process's intra-op threads (torchrun's default is 1)
         torch.set_num_threads(t.threads_per_stage)
     owners = stage_owners(len(model.stages), world, t.stages_per_rank)
