@@ -93,7 +93,7 @@ class ALHead(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """h_i: one step down the label side (layer 1: to class logits)."""
         weight = next(self.h.parameters())
-        return self.h(z.to(weight.device))
+        return self.h(z.to(weight.device, weight.dtype))  # a bridge output from a bf16 autocast stage
 
 
 class ALStage(Stage):

@@ -220,6 +220,19 @@ def train(overrides: list[str]) -> dict:
     return Trainer(load_config("recipes/quickstart.yaml", overrides)).fit()
 
 
+def test_inference_decodes_bridge_outputs_of_bf16_stages():
+    """Under bf16 mixed precision each stage's forward runs in autocast, the decoding hook outside it:
+    a bf16 bridge output must still go through the float32 decoders."""
+    model = build(*ENCODERS["lstm"]).eval()
+    ids, mask, _ = batch()
+    for stage in model.stages:
+        forward = stage.forward
+        stage.forward = lambda *a, forward=forward, **k: torch.autocast("cpu", dtype=torch.bfloat16)(forward)(*a, **k)
+    with torch.no_grad():
+        outs = model.run(ids, mask)
+    assert all(o.logits.dtype == torch.float32 and torch.isfinite(o.logits).all() for o in outs)
+
+
 def test_short_lstm_run_learns_synthetic(tmp_path):
     # AL wants a larger learning rate than the quickstart's 2e-3 (docs/methods.md, AL settings): 5e-3
     results = train([f"output_dir={tmp_path}", "train.progress=false", "method.name=al", "model.encoder=lstm",
