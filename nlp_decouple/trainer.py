@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from datetime import timedelta
 from typing import Callable
@@ -44,6 +45,18 @@ class NonFiniteLoss(UserError):
     pass
 
 
+def check_launch(acc: Accelerator, asked: int | None) -> None:
+    """The processes Accelerate counts are the ones launched (and the ones asked for, if any)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != acc.num_processes:  # e.g. torchrun on a CPU machine: every rank would act as the main one
+        raise UserError(f"{launched} processes were launched but Accelerate counts {acc.num_processes}; on a CPU "
+                        "machine add train.cpu=true (or ACCELERATE_USE_CPU=1)")
+    if asked is not None and acc.num_processes != asked:
+        raise UserError(f"train.num_processes={asked} but {acc.num_processes} process(es) were launched; on CPU use "
+                        f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} ...` or "
+                        f"torchrun --nproc_per_node {asked}")
+
+
 def wait_limit(seconds: float) -> InitProcessGroupKwargs:
     # every collective of a multi-process run fails after train.timeout_s instead of hanging on a lost rank
     return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
@@ -55,10 +68,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.accelerator = acc = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu, log_with=t.log_with or None,
                                              project_dir=str(self.run_dir), kwargs_handlers=[wait_limit(t.timeout_s)])
-        if t.num_processes is not None and acc.num_processes != t.num_processes:
-            raise UserError(f"train.num_processes={t.num_processes} but {acc.num_processes} process(es) were "
-                            "launched; on CPU use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-                            f"--num_processes {t.num_processes} ...` or torchrun --nproc_per_node {t.num_processes}")
+        check_launch(acc, t.num_processes)
         set_seed(t.seed, deterministic=t.deterministic)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
