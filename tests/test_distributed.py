@@ -59,3 +59,14 @@ def test_a_nan_on_one_rank_is_skipped_on_both(tmp_path, backward):
 def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(tmp_path):
     proc = _agreement("signal", tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_refuses_a_launch_accelerate_does_not_see(tmp_path, monkeypatch):
+    """torchrun on a CPU machine without train.cpu: each rank would count itself alone and act as the main one."""
+    from nlp_decouple.trainer import Trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = load_config("recipes/quickstart.yaml", ["train.progress=false", "data.synthetic_train_size=100",
+                                                  f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="2 processes were launched but Accelerate counts 1; .*train.cpu=true"):
+        Trainer(cfg)
