@@ -21,13 +21,8 @@ VOCAB, PAD, CLASSES, MAXLEN = 40, 0, 4, 12
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Equal intra-op thread counts on both sides of a comparison (float sums may depend on them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# equal intra-op thread counts on both sides of a comparison (float sums may depend on them)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(method: str, encoder: str, *extra: str) -> StagedClassifier:

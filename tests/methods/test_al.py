@@ -205,13 +205,7 @@ def test_inference_decodes_down_the_chain_with_shortcut_exits(encoder):
 # ------------------------------------------------------------------ short runs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared: one thread is much faster than two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread, restored after
 
 
 def train(overrides: list[str]) -> dict:
