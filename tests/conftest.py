@@ -80,6 +80,14 @@ def run_sweep(out: Path, methods=SWEEP_METHODS, seeds=SWEEP_SEEDS, extra=()) -> 
                  f"seeds={','.join(map(str, seeds))}", *SWEEP_OVERRIDES, *extra, "--out", str(out), "--jobs", "2"]) == 0
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest -n 2 --dist loadgroup, the tests that read the session's tiny sweep run in one worker, so
+    the sweep trains once rather than once per worker."""
+    for item in items:
+        if "tiny_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_sweep"))
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep")
