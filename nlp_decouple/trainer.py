@@ -126,7 +126,8 @@ class Trainer:
                         on_epoch(state.history[-1])
                     state.next_epoch()
                     self._checkpoint(state)
-                    self._stop_if_asked(stop, state, saved=True)
+                    if any_rank(stop.requested is not None, self.accelerator):
+                        self._stop(stop, state)
         finally:
             self.engine.close()
         if acc.is_main_process:
@@ -179,7 +180,7 @@ class Trainer:
                 self._checkpoint(state)
                 start = time.perf_counter()
             if asked:
-                self._stop_if_asked(stop, state, saved=True)
+                self._stop(stop, state)
         bar.close()
         state.train_time += time.perf_counter() - start
         return spent + time.perf_counter() - start
@@ -197,9 +198,9 @@ class Trainer:
                 f"{state.step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
                 f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
 
-    def _stop_if_asked(self, stop: StopSignal, state: TrainState, saved: bool) -> None:
-        if saved and any_rank(stop.requested is not None, self.accelerator):
-            raise StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
+    def _stop(self, stop: StopSignal, state: TrainState) -> None:
+        """End training after the checkpoint just saved (every rank agreed on the stop)."""
+        raise StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
                             "checkpoint saved: continue with the same command and train.resume=auto")
 
     def _end_epoch(self, state: TrainState, epoch_time: float) -> None:
