@@ -424,8 +424,9 @@ def validate(cfg: Config) -> None:
     if t.pipeline == "processes":
         _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses every "
                "stage): for bp use train.pipeline=threads (GPipe over micro-batches)")
-        _check(not meth.gather_features, "method.gather_features pools SupCon over data-parallel ranks, and "
-               "train.pipeline=processes has none: unset method.gather_features")
+        _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon over "
+               "a stage's replicas when there are several (the default) and cannot with one: unset "
+               "method.gather_features (false: each replica's own batch)")
     _check(t.stages_per_rank is None or t.pipeline == "processes", "train.stages_per_rank needs "
            "train.pipeline=processes")
     _check(t.timeout_s > 0, f"train.timeout_s: {t.timeout_s} must be > 0")

@@ -27,7 +27,7 @@ from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .config import Config, flatten, group_sizes, run_identity, save_config
 from .data import build_loaders, load_text_data, tokenize_splits
-from .engines import build_engine, prepare_stages
+from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
@@ -91,10 +91,12 @@ class Trainer:
             self.model.embedding.weight.requires_grad_(False)
         per_group = self.model.decoupled and cfg.method.backward == "per_group"
         # data parallel shards the loader: each process makes ceil(len / num_processes) updates an epoch; a
-        # process pipeline is one model over the ranks, each rank seeing every batch (schedulers unprepared)
-        self.replicas = 1 if t.pipeline == "processes" else acc.num_processes
+        # process pipeline shards it over its replicas, each rank of a replica seeing all of the replica's
+        # batches (schedulers unprepared: one tick per update)
+        self.replicas = data_replicas(t, acc.num_processes)
         self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / self.replicas), self.replicas)
+                                      math.ceil(len(self.loaders.train) / self.replicas),
+                                      1 if t.pipeline == "processes" else self.replicas)
         train_stages = prepare_stages(cfg, self.model, self.opt, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)

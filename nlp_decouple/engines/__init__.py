@@ -14,6 +14,7 @@ import logging
 from typing import Callable
 
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 
 from ..classifier import StagedClassifier
 from ..config import Config
@@ -24,6 +25,7 @@ from .base import Engine
 from .gpipe import GPipe
 from .processes import PipelinePeerError, ProcessPipeline, build_process_pipeline
 from .placement import assign_devices, assign_workers, place_stages
+from .replicas import data_replicas
 from .sequential import Sequential
 from .threaded import ThreadedPipeline
 from .workers import PipelineError, thread_budget
@@ -73,11 +75,20 @@ def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, load
     """The stages as the engine trains them, with the optimizers and training loader prepared to match.
     Data parallel: a DDP wrapper per trainable stage (each backward syncs its own stage's gradients), the
     loader sharded over the processes. Process pipeline: the stages as they are (each rank trains its own
-    block), every rank iterating the whole loader; optimizers and schedulers unwrapped (Accelerate would
-    save rank 0's alone: the engine's PipelineState saves every rank's)."""
+    block), every rank of a replica iterating the replica's shard of the loader (one replica: the whole
+    loader), sharded as data parallel shards it over the replicas; optimizers and schedulers unwrapped
+    (Accelerate would save rank 0's alone: the engine's PipelineState saves every rank's)."""
     if cfg.train.pipeline == "processes":
         model.to(accelerator.device)
         opt.accelerator = accelerator
+        dp = data_replicas(cfg.train, accelerator.num_processes)
+        if dp > 1:  # replica d reads what process d of a dp-process data-parallel run reads (no rng broadcast:
+            # every rank seeds the shuffle alike each epoch)
+            loaders.train = prepare_data_loader(
+                loaders.train, accelerator.device, num_processes=dp,
+                process_index=accelerator.process_index // (accelerator.num_processes // dp),
+                split_batches=accelerator.split_batches, put_on_device=True, rng_types=None,
+                even_batches=accelerator.even_batches)
         return list(model.stages)
     stages = [accelerator.prepare(stage) if k in opt.optimizer_of else stage.to(accelerator.device)
               for k, stage in enumerate(model.stages)]
@@ -87,4 +98,5 @@ def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, load
 
 
 __all__ = ["Engine", "GPipe", "PipelineError", "PipelinePeerError", "ProcessPipeline", "Sequential", "ThreadedPipeline",
-           "assign_devices", "assign_workers", "build_engine", "place_stages", "prepare_stages", "thread_budget"]
+           "assign_devices", "assign_workers", "build_engine", "data_replicas", "place_stages", "prepare_stages",
+           "thread_budget"]

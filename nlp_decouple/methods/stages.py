@@ -59,13 +59,14 @@ class ContrastiveHead(nn.Module):
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, projection_dim or in_dim)) if num_prototypes else None
         # None or True: SupCon over every process's batch (a no-op in one process); False: the local batch
         self.gather_features = gather_features
+        self.gather_group = None  # the process group to gather over; None: every process (set by a process pipeline)
 
     def forward(self, pooled: Tensor, labels: Tensor | None) -> HeadOutput:
         if labels is None:
             return HeadOutput(None)
         z = F.normalize(self.projection(pooled).float(), dim=-1)
         if self.gather_features is not False:
-            z, labels = gather_batch(z, labels)
+            z, labels = gather_batch(z, labels, self.gather_group)
         centers = F.normalize(self.prototypes, dim=-1) if self.prototypes is not None else None
         if self.queue is None:
             return HeadOutput(self.loss(z, labels, centers=centers))
