@@ -1,8 +1,11 @@
 """Run by tests/test_distributed.py in a fresh interpreter: decisions two CPU processes must take alike.
 
-    python tests/_ddp_agreement.py one-process-lr|schedule|nan-per_group|nan-sum|signal OUT_DIR
+    python tests/_ddp_agreement.py SCENARIO [SCENARIO ...] OUT_DIR
+        SCENARIO: one-process-lr | schedule | nan-per_group | nan-sum | signal
 
-Each scenario but the first runs under ``accelerate.debug_launcher`` (2 processes, gloo); all print ``ok``.
+Each scenario but the first runs under ``accelerate.debug_launcher`` (2 processes, gloo), the first in one
+forked process; each prints ``ok SCENARIO`` (or ``FAILED SCENARIO: why``). All run from this one
+interpreter, which itself does no torch work (a fork of a running OpenMP pool can deadlock).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from accelerate import debug_launcher
 
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
+from nlp_decouple.trainer import Trainer  # imported before the forks: each rank would spend seconds on it
 
 BASE = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "model.num_layers=2",
         "data.synthetic_train_size=300", "data.synthetic_test_size=61", "train.batch_size=16",
@@ -26,8 +30,6 @@ BASE = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "m
 
 
 def trainer_for(out: str, *extra: str):
-    from nlp_decouple.trainer import Trainer
-
     return Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", *extra]))
 
 
@@ -119,10 +121,19 @@ def stop_signal(out: str) -> None:
         assert saved == ["step_00000003"], saved
 
 
-def main() -> None:
-    scenario, out = sys.argv[1], sys.argv[2]
-    if scenario == "one-process-lr":  # the reference curve, in a process of its own
-        Path(out, "one.json").write_text(json.dumps(lr_curve(f"{out}/one", 8)))
+def one_process_lr(out: str) -> None:
+    """The reference curve, in a process of its own (forked before this parent did any torch work)."""
+    Path(out, "one.json").write_text(json.dumps(lr_curve(f"{out}/one", 8)))
+
+
+def run(scenario: str, out: str) -> None:
+    if scenario == "one-process-lr":
+        import multiprocessing
+
+        child = multiprocessing.get_context("fork").Process(target=one_process_lr, args=(out,))
+        child.start()
+        child.join()
+        assert child.exitcode == 0, f"the one-process run exited with {child.exitcode}"
     elif scenario == "schedule":
         debug_launcher(lambda: schedule(out), num_processes=2)
     elif scenario.startswith("nan-"):
@@ -131,7 +142,21 @@ def main() -> None:
         debug_launcher(lambda: stop_signal(out), num_processes=2)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
-    print("ok")
+
+
+def main() -> None:
+    """Scenarios in the order given, each in its own folder OUT_DIR/SCENARIO (schedule reads
+    one-process-lr's); a failing one is reported and the rest still run."""
+    *scenarios, root = sys.argv[1:]
+    for scenario in scenarios:
+        out = Path(root, "schedule" if scenario in ("one-process-lr", "schedule") else scenario)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            run(scenario, str(out))
+        except Exception as err:  # noqa: BLE001 - the launcher re-raises a rank's failure here
+            print(f"FAILED {scenario}: {type(err).__name__}: {err}".replace("\n", "\n    "), flush=True)
+        else:
+            print(f"ok {scenario}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Run by tests/test_distributed.py in a fresh interpreter: two CPU processes via accelerate.debug_launcher.
 
+    python tests/_ddp_check.py bp:per_group scpl:sum ...   # prints "ranks agree: METHOD BACKWARD" per case
+
 A fresh parent matters: debug_launcher forks, and a fork of a process whose OpenMP pool is already
 running (any earlier torch work in the pytest process) can deadlock in the child."""
 from __future__ import annotations
@@ -13,6 +15,7 @@ from accelerate import debug_launcher
 
 from nlp_decouple.config import load_config
 from nlp_decouple.metrics import collect
+from nlp_decouple.trainer import Trainer  # imported before the forks: each rank would spend seconds on it
 
 OVERRIDES = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "model.num_layers=2",
              "data.synthetic_train_size=300", "data.synthetic_test_size=61", "train.batch_size=16",
@@ -20,8 +23,6 @@ OVERRIDES = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16
 
 
 def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
-    from nlp_decouple.trainer import Trainer
-
     cfg = load_config("recipes/quickstart.yaml", [*OVERRIDES, f"method.name={method}",
                                                   f"method.backward={backward}", f"output_dir={out_dir}"])
     trainer = Trainer(cfg)
@@ -42,8 +43,20 @@ def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
     assert len(outs.labels) == len(trainer.data.splits["test"]) == 61  # odd size: padding de-duplicated
 
 
+def main(cases: list[tuple[str, str]]) -> None:
+    """Every case in its own two-process launch, one after the other, from this one interpreter (the
+    imports, most of a fresh interpreter's time, are paid once); a case that fails is reported and the
+    next one still runs."""
+    for method, backward in cases:
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                debug_launcher(lambda: check_ranks_agree(method, backward, out), num_processes=2)
+        except Exception as err:  # noqa: BLE001 - the launcher re-raises a rank's failure here
+            print(f"FAILED {method} {backward}: {type(err).__name__}: {err}".replace("\n", "\n    "), flush=True)
+        else:
+            print(f"ranks agree: {method} {backward}", flush=True)
+
+
 if __name__ == "__main__":
-    method, backward = sys.argv[1], sys.argv[2]
-    with tempfile.TemporaryDirectory() as out:
-        debug_launcher(lambda: check_ranks_agree(method, backward, out), num_processes=2)
-    print("ranks agree")
+    # python tests/_ddp_check.py METHOD:BACKWARD [METHOD:BACKWARD ...]
+    main([tuple(arg.split(":")) for arg in sys.argv[1:]])

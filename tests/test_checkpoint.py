@@ -34,18 +34,26 @@ def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def _kill_after_checkpoint(out: Path, step: int, *extra: str) -> None:
-    """Start a run and SIGKILL it as soon as the checkpoint of ``step`` exists (somewhere after it)."""
-    cmd = [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *COMMON, f"output_dir={out}",
-           "train.resume=auto", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_after_checkpoint(forks, out: Path, step: int, *extra: str) -> None:
+    """Start a run and SIGKILL it as soon as the checkpoint of ``step`` exists (somewhere after it). The run is
+    a fork of tests/_train_forks.py's server (the trainer imported once), a process of its own."""
+    argv = ["recipes/quickstart.yaml", *COMMON, f"output_dir={out}", "train.resume=auto", *extra]
+    pid = forks.start(argv, out.parent / f"{out.name}-killed-{step}.log")
     target = out / "run" / "checkpoints" / f"step_{step:08d}"
-    deadline = time.time() + 240
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
+    deadline, code = time.time() + 240, None
+    while not target.exists() and (code := forks.poll(pid)) is None and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    if code is None:  # not reaped until the server says so: still this run's pid, alive or a zombie
+        os.kill(pid, signal.SIGKILL)
+        assert forks.wait(pid) == -signal.SIGKILL
     assert target.exists(), f"the run never wrote the checkpoint of step {step}"
+
+
+def _resume(forks, out: Path, *extra: str) -> tuple[int, str]:
+    """The same command with train.resume=auto, run to the end (forked like the killed runs): exit code, log."""
+    log = out.parent / f"{out.name}-resumed.log"
+    pid = forks.start(["recipes/quickstart.yaml", *COMMON, f"output_dir={out}", "train.resume=auto", *extra], log)
+    return forks.wait(pid), log.read_text()
 
 
 def _final(out: Path) -> tuple[dict, dict, list[dict]]:
@@ -64,16 +72,16 @@ PIPELINED = ["train.pipeline=true", "train.devices=cpu", "model.dropout=0"]  # t
 @pytest.mark.parametrize("method,extra", [("bp", ["train.scheduler=linear", "train.warmup_ratio=0.2"]), ("scpl", []),
                                           ("scpl", PIPELINED)],
                          ids=["bp-linear-schedule", "scpl", "scpl-pipelined"])
-def test_sigkill_and_resume_gives_identical_weights_and_metrics(tmp_path, method, extra):
-    reference = tmp_path / "uninterrupted"
+def test_sigkill_and_resume_gives_identical_weights_and_metrics(tmp_path, train_forks, method, extra):
+    reference = tmp_path / "uninterrupted"  # a fresh interpreter, as a user runs it
     assert _train(reference, f"method.name={method}", *extra).returncode == 0
     interrupted = tmp_path / "interrupted"
     # kill points: mid first epoch, then in the second epoch after a resume, then resume to the end
     for step in (4, 20):
-        _kill_after_checkpoint(interrupted, step, f"method.name={method}", *extra)
-    done = _train(interrupted, f"method.name={method}", "train.resume=auto", *extra)
-    assert done.returncode == 0, done.stderr
-    assert "resumed from" in done.stderr
+        _kill_after_checkpoint(train_forks, interrupted, step, f"method.name={method}", *extra)
+    code, log = _resume(train_forks, interrupted, f"method.name={method}", *extra)
+    assert code == 0, log[-3000:]
+    assert "resumed from" in log
     w_ref, r_ref, m_ref = _final(reference)
     w_new, r_new, m_new = _final(interrupted)
     assert w_ref.keys() == w_new.keys()
@@ -129,18 +137,19 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
     assert again["steps"] == first["steps"] and again["test_accuracy"] == first["test_accuracy"]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    cmd = [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *COMMON, f"output_dir={tmp_path}",
-           "train.save_every=1000", "train.epochs=50"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "run" / "config.yaml"
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, train_forks):
+    argv = ["recipes/quickstart.yaml", *COMMON, f"output_dir={tmp_path}", "train.save_every=1000", "train.epochs=50"]
+    log = tmp_path / "train-output.log"
+    pid = train_forks.start(argv, log)  # a fork of tests/_train_forks.py's server: a process of its own
+    metrics = tmp_path / "run" / "metrics.jsonl"  # its first row is written when epoch 1 ends: into training
     deadline = time.time() + 120
-    while not log.exists() and time.time() < deadline:
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        assert train_forks.poll(pid) is None, log.read_text()[-3000:]
         time.sleep(0.05)
-    time.sleep(4)  # into training
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
+    os.kill(pid, signal.SIGTERM)
+    code = train_forks.wait(pid, timeout=120)
+    err = log.read_text()
+    assert code == 2, err[-3000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert complete_checkpoints(tmp_path / "run" / "checkpoints")
 

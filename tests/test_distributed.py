@@ -16,13 +16,27 @@ from nlp_decouple.methods import METHODS
 REPO = Path(__file__).resolve().parents[1]
 
 
+SYNC_CASES = [(m, "per_group") for m in METHODS] + [("scpl", "sum")]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def sync_runs() -> subprocess.CompletedProcess:
+    """Every case of the test below, each its own two-process launch, from one fresh interpreter: importing
+    the trainer is most of such an interpreter's time, so it is paid once rather than once per case."""
+    return subprocess.run([sys.executable, str(REPO / "tests" / "_ddp_check.py"), *(f"{m}:{b}" for m, b in SYNC_CASES)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300 + 60 * len(SYNC_CASES))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method,backward", [(m, "per_group") for m in METHODS] + [("scpl", "sum")])
-def test_two_cpu_processes_stay_in_sync(method, backward):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "_ddp_check.py"), method, backward], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "ranks agree" in proc.stdout, proc.stderr[-3000:]
+@pytest.mark.xdist_group("ddp_sync")  # the cases share one interpreter (sync_runs): keep them in one worker
+@pytest.mark.parametrize("method,backward", SYNC_CASES)
+def test_two_cpu_processes_stay_in_sync(sync_runs, method, backward):
+    lines = sync_runs.stdout.splitlines()
+    assert f"ranks agree: {method} {backward}" in lines, sync_runs.stdout[-3000:] + sync_runs.stderr[-3000:]
 
 
 def test_refuses_a_world_size_other_than_asked(tmp_path):
@@ -34,31 +48,40 @@ def test_refuses_a_world_size_other_than_asked(tmp_path):
         Trainer(cfg)
 
 
-def _agreement(scenario: str, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "_ddp_agreement.py"), scenario, str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+AGREEMENT = ["one-process-lr", "schedule", "nan-per_group", "nan-sum", "signal"]
+
+
+@pytest.fixture(scope="module")
+def agreement(tmp_path_factory) -> subprocess.CompletedProcess:
+    """Every scenario of tests/_ddp_agreement.py, each in its own launch and folder, from one fresh
+    interpreter (the imports paid once); a hang would end in the timeout."""
+    out = tmp_path_factory.mktemp("agreement")
+    return subprocess.run([sys.executable, str(REPO / "tests" / "_ddp_agreement.py"), *AGREEMENT, str(out)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _ok(agreement: subprocess.CompletedProcess, scenario: str) -> None:
+    assert f"ok {scenario}" in agreement.stdout.splitlines(), agreement.stdout[-3000:] + agreement.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_lr_schedule_under_two_processes_equals_one_process(tmp_path):
-    one = _agreement("one-process-lr", tmp_path)
-    assert one.returncode == 0 and "ok" in one.stdout, one.stderr[-3000:]
-    two = _agreement("schedule", tmp_path)
-    assert two.returncode == 0 and "ok" in two.stdout, two.stderr[-3000:]
+@pytest.mark.xdist_group("ddp_agreement")  # the scenarios share one interpreter (agreement): one worker
+def test_lr_schedule_under_two_processes_equals_one_process(agreement):
+    _ok(agreement, "one-process-lr")
+    _ok(agreement, "schedule")
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp_agreement")
 @pytest.mark.parametrize("backward", ["per_group", "sum"])
-def test_a_nan_on_one_rank_is_skipped_on_both(tmp_path, backward):
-    proc = _agreement(f"nan-{backward}", tmp_path)  # a hang would end in the timeout
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+def test_a_nan_on_one_rank_is_skipped_on_both(agreement, backward):
+    _ok(agreement, f"nan-{backward}")
 
 
 @pytest.mark.slow
-def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(tmp_path):
-    proc = _agreement("signal", tmp_path)
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+@pytest.mark.xdist_group("ddp_agreement")
+def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(agreement):
+    _ok(agreement, "signal")
 
 
 def test_refuses_a_launch_accelerate_does_not_see(tmp_path, monkeypatch):

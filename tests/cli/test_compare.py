@@ -31,7 +31,7 @@ def test_sweep_trains_every_method_and_seed_with_identical_settings(tiny_sweep):
     assert (tiny_sweep / "report" / "report.md").is_file() and (tiny_sweep / "report" / "report.json").is_file()
 
 
-def test_sweep_resumes_without_retraining_completed_runs(tiny_sweep, tmp_path, capsys):
+def test_sweep_resumes_without_retraining_completed_runs(tiny_sweep, train_forks, tmp_path, capsys):
     out = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, out)
     done = {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("*/results.json")}
@@ -40,7 +40,7 @@ def test_sweep_resumes_without_retraining_completed_runs(tiny_sweep, tmp_path, c
     metrics_before = (interrupted / "metrics.jsonl").read_text()
     (interrupted / "results.json").unlink()
     capsys.readouterr()
-    run_sweep(out, seeds=[*SWEEP_SEEDS, 2])  # and one new seed per method
+    run_sweep(out, seeds=[*SWEEP_SEEDS, 2], forks=train_forks)  # and one new seed per method
     log = capsys.readouterr().out
     assert "9 runs" in log and "5 done, 4 to train" in log
     for name, (mtime, text) in done.items():

@@ -200,11 +200,13 @@ AG_TINY = [f"data.path={AG_NEWS}", *HUB, "model.hidden_size=32", "model.num_head
 @need(AG_NEWS)
 @need(HF_CACHE)
 @need(AG_RECIPE)
-@pytest.mark.parametrize("method,epochs", [("bp", 2), ("scpl", 3)])
+@pytest.mark.parametrize("method,epochs", [("bp", 1), ("scpl", 2)])
 def test_tiny_transformer_learns_ag_news(tmp_path, method, epochs):
     """All 5,472 training texts of the shared AG News copy, a 32-wide Transformer from scratch with the
     MiniLM WordPiece vocabulary. SCPL's classifier sits on detached features and lags its group's
-    linear probe early on, hence one more epoch than BP."""
+    linear probe early on, hence one more epoch than BP. Chance is 0.25; over seeds 0-3 (constant
+    learning rate, so an epoch's numbers do not depend on the budget) BP's one epoch reached test
+    accuracy 0.67-0.71 (macro F1 0.66-0.71) and SCPL's two 0.69-0.78 (macro F1 0.68-0.78)."""
     from nlp_decouple.config import load_config
     from nlp_decouple.trainer import Trainer
 

@@ -93,5 +93,7 @@ def worker(rank: int, init_file: str) -> None:
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(worker, args=(os.path.join(tmp, "rendezvous"),), nprocs=2)
+        # forked, not spawned: this parent has only imported (no torch work yet), and each spawned child
+        # would import torch and the package again
+        mp.start_processes(worker, args=(os.path.join(tmp, "rendezvous"),), nprocs=2, start_method="fork")
     print("gather ok")
