@@ -90,3 +90,20 @@ def test_gpu_check_skips_every_cuda_check_cleanly_without_a_gpu():
     assert names[:2] == ["thread_pipeline", "process_pipeline"] and "throughput" in names and "agnews_scpl" in names
     assert {f"bf16_{m}" for m in ("bp", "scpl", "early_exit", "deinforeg", "al")} <= set(names)
     assert all(r[1] == "skip" for r in rows), rows
+
+
+def test_tfidf_floor_chooses_c_on_validation_and_scores_the_runs_splits(tmp_path):
+    out = tmp_path / "floor.json"
+    overrides = ["data.synthetic_train_size=600", "data.synthetic_test_size=300"]
+    assert script("tfidf_floor").main([str(REPO / "recipes" / "quickstart.yaml"), *overrides, "--seeds", "0", "1",
+                                       "--grid", "0.01", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    for run in report["runs"]:
+        by_c = {float(c): a for c, a in run["validation_accuracy_by_C"].items()}
+        assert run["C"] == max(by_c, key=lambda c: (by_c[c], -c))  # the choice reads validation only
+        assert run["validation_accuracy"] == pytest.approx(by_c[run["C"]], abs=1e-6)
+        assert (run["train"], run["test"]) == (540, 300)  # the package's own splits: 10% of train validates
+        assert 0.5 < run["test_accuracy"] <= 1.0  # a bag of words gets about 70% here (chance 25%)
+    accs = [r["test_accuracy"] for r in report["runs"]]
+    assert report["summary"]["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
