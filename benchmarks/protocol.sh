@@ -42,9 +42,10 @@ esac
 out=$root/$cell
 mkdir -p "$out"
 # Same space and trial budget for every method: the learning rate for all, SCPL's temperature as well.
-python -m nlp_decouple.tune "$recipe" methods=$methods trials=$trials seeds=100 \
-  space.train.lr=log:1e-3:1e-2 space.model.dropout=off space.scpl.method.temperature=log:0.05:0.3 \
-  \
+# (the other methods keep their default spaces in nlp_decouple/tuning/space.py, less the keys fixed above)
+spaces=(space.train.lr=log:1e-3:1e-2 space.model.dropout=off)
+[[ ,$methods, == *,scpl,* ]] && spaces+=(space.scpl.method.temperature=log:0.05:0.3)
+python -m nlp_decouple.tune "$recipe" methods=$methods trials=$trials seeds=100 "${spaces[@]}" \
   "${common[@]}" "${data[@]}" "${tune_eval[@]}" "${model[@]}" ${extra[@]+"${extra[@]}"} --out "$out/tune"
 
 runs=()
