@@ -25,7 +25,8 @@ def provenance(recipe: Path) -> dict:
 
 
 def short(params: dict) -> str:
-    names = {"train.lr": "lr", "method.temperature": "τ"}
+    names = {"train.lr": "lr", "method.temperature": "τ", "method.ce_weight": "ce_weight", "method.label_dim": "label_dim",
+             "method.al_activation": "activation"}
     return ", ".join(f"{names.get(k, k)} {v:.2g}" if isinstance(v, float) else f"{names.get(k, k)} {v}"
                      for k, v in params.items())
 
