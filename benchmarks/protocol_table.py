@@ -49,8 +49,8 @@ def cell_rows(cell_dir: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict], floors: dict[str, dict]) -> str:
-    out = ["| cell | method | tuned (trials) | tuning val % | test acc % mean ± std | 95% CI (seeds) | macro-F1 % "
-           "| Δ vs BP per seed | Δ 95% CI (paired bootstrap) | verdict | s/epoch |",
+    out = [("| cell | method | tuned (trials) | tuning val % | test acc % mean ± std | 95% CI (seeds) | macro-F1 % "
+            "| Δ vs BP per seed | Δ 95% CI (paired bootstrap) | verdict | s/epoch |"),
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in dict.fromkeys(r["cell"] for r in rows):
         for r in (r for r in rows if r["cell"] == cell):

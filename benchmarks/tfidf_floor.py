@@ -21,8 +21,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import LinearSVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nlp_decouple.config import load_config  # noqa: E402
-from nlp_decouple.data.loading import load_text_data  # noqa: E402
+from nlp_decouple.config import load_config
+from nlp_decouple.data.loading import load_text_data
 
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
 
