@@ -115,6 +115,23 @@ def equal(out: Path) -> None:
     same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks, LSTM state handed on")
 
 
+def die_at_head_call(trainer: Trainer, call: int) -> None:
+    """SIGKILL this process at the last stage head's ``call``-th labelled (training) forward."""
+    head = trainer.model.stages[-1].head
+    forward, calls = head.forward, [0]
+
+    def dying(pooled, labels):
+        calls[0] += labels is not None
+        if calls[0] == call:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return forward(pooled, labels)
+    head.forward = dying
+
+
+def save_weights(trainer: Trainer, path: Path) -> None:
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, path)
+
+
 def resume_run(out: Path, kill_at: int | None) -> None:
     import torch.distributed as dist
 
@@ -122,17 +139,10 @@ def resume_run(out: Path, kill_at: int | None) -> None:
              "model.dropout=0.2", "train.max_steps=7", "train.resume=auto"]
     trainer = Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", "run_name=killed", *extra]))
     if kill_at is not None and dist.get_rank() == 1:  # rank 1 dies mid-chunk after the step-4 checkpoint
-        head, forward, calls = trainer.model.stages[-1].head, trainer.model.stages[-1].head.forward, [0]
-
-        def dying(pooled, labels):
-            calls[0] += labels is not None
-            if calls[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return forward(pooled, labels)
-        head.forward = dying
+        die_at_head_call(trainer, kill_at)
     trainer.fit()
     if dist.get_rank() == 0:
-        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out / "resumed.pt")
+        save_weights(trainer, out / "resumed.pt")
 
 
 def resume(out: Path) -> None:

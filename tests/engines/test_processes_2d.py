@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -143,8 +142,8 @@ def equal(out: Path) -> None:
 
 
 def resume_run(out: Path, kill_at: int | None) -> None:
-    import torch
     import torch.distributed as dist
+    from _process_check import die_at_head_call, save_weights  # this file runs as a script beside it
 
     from nlp_decouple.config import load_config
     from nlp_decouple.trainer import Trainer
@@ -152,18 +151,10 @@ def resume_run(out: Path, kill_at: int | None) -> None:
     extra = ["method.name=scpl", *PIPELINE, "train.save_every=2", "train.max_steps=5", "train.resume=auto"]
     trainer = Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", "run_name=killed", *extra]))
     if kill_at is not None and dist.get_rank() == 3:  # replica 1's last rank dies after the step-2 checkpoint
-        head = trainer.model.stages[-1].head
-        forward, calls = head.forward, [0]
-
-        def dying(pooled, labels):
-            calls[0] += labels is not None
-            if calls[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return forward(pooled, labels)
-        head.forward = dying
+        die_at_head_call(trainer, kill_at)
     trainer.fit()
     if dist.get_rank() == 0:
-        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out / "resumed.pt")
+        save_weights(trainer, out / "resumed.pt")
 
 
 def resume(out: Path) -> None:
