@@ -23,19 +23,18 @@ export HF_HUB_CACHE=${HF_HUB_CACHE:-$shared/hf-cache} HF_HUB_OFFLINE=1 TOKENIZER
 # The same small-CPU model for both datasets: d = 64, 3 blocks + embedding = 4 groups, batch 128.
 common=(train.epochs=$epochs train.batch_size=128 model.hidden_size=64 method.projection=mlp_bn train.progress=false)
 case $cell in
-  debian_*) recipe_ds=agnews
-            data=(data.name=custom data.path=$shared/datasets/debian_packages data.max_train_samples=8000
+  debian_*) data=(data.name=custom data.path=$shared/datasets/debian_packages data.max_train_samples=8000
                   data.max_length=64 tokenizer.name=sentence-transformers/all-MiniLM-L6-v2)
             tune_eval=(data.max_eval_samples=2000) ;;  # tuning reads 2,000 of the 5,996 validation texts
-  agnews_*) recipe_ds=agnews
-            data=(data.path=$shared/datasets/ag_news_7600)
+  agnews_*) data=(data.path=$shared/datasets/ag_news_7600)
             tune_eval=() ;;
   *) echo "unknown cell $cell: debian_transformer | debian_lstm | agnews_transformer | agnews_lstm" >&2; exit 2 ;;
 esac
+# both cells start from the AG News recipes (the model and method settings); the data keys above replace theirs
 case $cell in
-  *_transformer) recipe=$repo/recipes/${recipe_ds}_transformer.yaml
+  *_transformer) recipe=$repo/recipes/agnews_transformer.yaml
                  model=(model.num_heads=4 model.ffn_size=128 model.norm=pre) ;;
-  *_lstm)        recipe=$repo/recipes/${recipe_ds}_lstm.yaml
+  *_lstm)        recipe=$repo/recipes/agnews_lstm.yaml
                  model=(model.lstm_pooling=mean) ;;
 esac
 
