@@ -36,6 +36,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state))  # written last: marks the checkpoint complete
         shutil.rmtree(final, ignore_errors=True)
