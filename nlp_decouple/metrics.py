@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from .classifier import StagedClassifier
+from .models import Standardizer
 
 
 @dataclass
@@ -47,6 +48,35 @@ def collect(model: StagedClassifier, loader: DataLoader, accelerator: Accelerato
     model.train(was_training)
     per_group = [torch.cat([f[k] for f in pooled]).numpy() for k in range(len(pooled[0]))] if return_pooled else []
     return SplitOutputs(torch.cat(labels).numpy(), {g: torch.cat(v).numpy() for g, v in logits.items()}, per_group)
+
+
+@torch.no_grad()
+def refresh_standardizers(model: StagedClassifier, loader: DataLoader, accelerator: Accelerator,
+                          return_pooled: bool = False) -> SplitOutputs | None:
+    """Precise BatchNorm (Wu & Johnson, 2021) for the classifiers' standardizers: their statistics become
+    the mean and variance of their inputs over ``loader``'s training texts, under the current weights and
+    in evaluation mode (the inputs the exits will see), gathered once per example over processes. Training
+    is unaffected (it normalises by batch statistics). Returns the pass's outputs, or None without
+    standardizers."""
+    norms = [m for m in model.modules() if isinstance(m, Standardizer)]
+    if not norms:
+        return None
+    inputs: dict[int, list[torch.Tensor]] = {id(n): [] for n in norms}
+
+    def capture(module, args, _output):
+        inputs[id(module)].append(accelerator.gather_for_metrics(args[0].float()).cpu().double())
+
+    handles = [n.register_forward_hook(capture) for n in norms]
+    try:
+        outputs = collect(model, loader, accelerator, return_pooled=return_pooled)
+    finally:
+        for h in handles:
+            h.remove()
+    for n in norms:
+        x = torch.cat(inputs[id(n)])
+        n.running_mean.copy_(x.mean(0))
+        n.running_var.copy_(x.var(0) if len(x) > 1 else torch.ones_like(n.running_var))
+    return outputs
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -102,13 +132,17 @@ def evaluate(model: StagedClassifier, loaders: dict[str, DataLoader], probe_load
              ) -> tuple[dict, dict[str, SplitOutputs]]:
     """Scores of each split (``{"validation": {...}, "test": {...}, "groups": [...]}``) and the outputs
     behind them. Per-group accuracies need a linear probe (fit on ``probe_loader``'s training texts) only
-    for groups without an exit of their own."""
+    for groups without an exit of their own. The classifiers' standardizers are refreshed first, on the
+    same training texts (whose pass then also serves the probes)."""
+    train_pass = refresh_standardizers(model, probe_loader, accelerator, return_pooled=every_group)
     outs = {name: collect(model, loader, accelerator, return_pooled=every_group) for name, loader in loaders.items()}
     scores: dict = {name: classification_metrics(o.labels, o.final_logits) for name, o in outs.items()}
     if every_group:
         first = next(iter(outs.values()))
         needs_probe = len(first.exit_logits) < len(first.pooled)
-        probe_train = collect(model, probe_loader, accelerator, return_pooled=True) if needs_probe else None
+        probe_train = None
+        if needs_probe:
+            probe_train = train_pass if train_pass is not None else collect(model, probe_loader, accelerator, True)
         scores["groups"] = layerwise(probe_train, outs, probe_max_iter, seed)
     return scores, outs
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..losses import InfoRegLoss, SupConLoss, gather_batch
 from ..losses.memory import FeatureQueue
-from ..models import BatchNorm1d, BlockGroup, Carry, Classifier, make_projection
+from ..models import BlockGroup, Carry, Classifier, Standardizer, make_projection
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ClassifierHead(nn.Module):
         # standardize: a non-learned BatchNorm, as a linear probe standardises its features. Contrastive
         # features are nearly collinear early in training; a classifier that reads them raw lags far
         # behind what the features already separate. Only for classifiers on detached input.
-        self.norm = BatchNorm1d(in_dim, affine=False) if standardize else nn.Identity()
+        self.norm = Standardizer(in_dim) if standardize else nn.Identity()
         self.classifier = Classifier(in_dim, num_classes)
         self.detach_input, self.weight = detach_input, weight
 

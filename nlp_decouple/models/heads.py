@@ -15,6 +15,16 @@ class BatchNorm1d(nn.BatchNorm1d):
         return super().forward(x)
 
 
+class Standardizer(BatchNorm1d):
+    """Per-feature standardisation (an affine-free BatchNorm) of the detached features a classifier reads.
+    Evaluation refreshes its statistics from training texts under the current weights
+    (:func:`nlp_decouple.metrics.refresh_standardizers`): running averages lag features that a local loss
+    moves fast, and the lag alone cost SCPL's exit several points (docs/methods.md)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, affine=False)
+
+
 def make_projection(kind: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
     """identity | linear | mlp (Linear -> ReLU -> Linear), as in the SCPL reference | mlp_bn (Linear ->
     BatchNorm -> ReLU -> Linear, SimCLR's head). The BatchNorm centres each feature over the batch:
