@@ -31,6 +31,7 @@ from nlp_decouple.config import load_config
 from nlp_decouple.data import load_text_data
 from nlp_decouple.data.sampling import ClassGroupedBatchSampler
 from nlp_decouple.inference import encoded_batches, load_for_inference
+from nlp_decouple.models import Standardizer
 
 
 def positive_stats(labels: list[int], batches: list[list[int]], queue: int) -> dict:
@@ -73,6 +74,21 @@ def pooled_and_logits(run: Path, texts: list[str]) -> tuple[list[np.ndarray], np
     return [np.concatenate([b[k] for b in pooled]) for k in range(len(pooled[0]))], np.concatenate(logits)
 
 
+@torch.no_grad()
+def exit_with_fresh_statistics(run: Path, train_pooled: np.ndarray, val_pooled: np.ndarray, y_val: np.ndarray
+                               ) -> float | None:
+    """The saved exit classifier with its standardizer's statistics swapped for those of the training
+    texts' features (what metrics.refresh_standardizers does before each evaluation): how much stale
+    running averages cost a model saved without the refresh. None for exits without a standardizer."""
+    model, _ = load_for_inference(run / "best", "cpu")
+    heads = [m for m in model.modules() if isinstance(getattr(m, "norm", None), Standardizer)]
+    if not heads:
+        return None
+    head, x = heads[-1], torch.from_numpy(train_pooled).double()
+    z = (torch.from_numpy(val_pooled).double() - x.mean(0)) / torch.sqrt(x.var(0) + head.norm.eps)
+    return float((head.classifier(z.float()).argmax(-1).numpy() == y_val).mean())
+
+
 def run_summary(run: Path, probe_samples: int) -> dict:
     cfg = load_config(run / "config.yaml")
     data = load_text_data(cfg.data, cfg.train.seed)
@@ -88,6 +104,7 @@ def run_summary(run: Path, probe_samples: int) -> dict:
               for c, name in enumerate(data.label_names)}
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=0))
     probe.fit(train_pooled[-1], y_train)
+    fresh = exit_with_fresh_statistics(run, train_pooled[-1], val_pooled[-1], y_val)
     return {
         "run": str(run), "method": cfg.method.name, "seed": cfg.train.seed,
         "epochs": [{"epoch": r["epoch"], "validation": r["validation"]["accuracy"],
@@ -95,7 +112,8 @@ def run_summary(run: Path, probe_samples: int) -> dict:
                     "groups": [g.get("validation") for g in r.get("groups") or []]} for r in history],
         "best_validation": max(r["validation"]["accuracy"] for r in history),
         "last_group": {"exit_accuracy": float((preds == y_val).mean()),
-                       "probe_accuracy": float(probe.score(val_pooled[-1], y_val))},
+                       "probe_accuracy": float(probe.score(val_pooled[-1], y_val)),
+                       "exit_accuracy_fresh_statistics": fresh},
         "recall": recall, "train_counts": {name: counts[c] for c, name in enumerate(data.label_names)},
     }
 
@@ -185,7 +203,8 @@ def main() -> None:
         if run is None:
             continue
         print(f"{run['run']}: best val {run['best_validation']:.4f}; last group exit "
-              f"{run['last_group']['exit_accuracy']:.4f} vs probe {run['last_group']['probe_accuracy']:.4f}; "
+              f"{run['last_group']['exit_accuracy']:.4f} (fresh statistics: "
+              f"{run['last_group']['exit_accuracy_fresh_statistics']}) vs probe {run['last_group']['probe_accuracy']:.4f}; "
               f"val/epoch {[round(e['validation'], 3) for e in run['epochs']]}")
         if "recall_vs_reference" in run:
             print("   recall vs reference by class frequency:", {k: round(v["recall_minus_reference"], 3)
