@@ -14,7 +14,8 @@ import torch.distributed as dist
 from accelerate import debug_launcher
 
 from nlp_decouple.config import load_config
-from nlp_decouple.metrics import collect
+from nlp_decouple.metrics import collect, refresh_standardizers
+from nlp_decouple.models import Standardizer
 from nlp_decouple.trainer import Trainer  # imported before the forks: each rank would spend seconds on it
 
 OVERRIDES = ["train.progress=false", "model.encoder=lstm", "model.hidden_size=16", "model.num_layers=2",
@@ -41,6 +42,14 @@ def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
     assert not torch.equal(seen[0], seen[1]), "both ranks got the same batch"  # else agreement proves nothing
     outs = collect(trainer.model, trainer.loaders.evals["test"], trainer.accelerator)
     assert len(outs.labels) == len(trainer.data.splits["test"]) == 61  # odd size: padding de-duplicated
+    if method == "scpl":  # the exit's standardizer: statistics of every probe text once, the same on both ranks
+        refresh_standardizers(trainer.model, trainer.loaders.probe, trainer.accelerator)
+        norm = next(m for m in trainer.model.modules() if isinstance(m, Standardizer))
+        pooled = collect(trainer.model, trainer.loaders.probe, trainer.accelerator, return_pooled=True).pooled[-1]
+        x = torch.from_numpy(pooled).double()
+        assert len(x) == 50
+        torch.testing.assert_close(norm.running_mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(norm.running_var.double(), x.var(0), rtol=1e-5, atol=1e-6)
 
 
 def main(cases: list[tuple[str, str]]) -> None:
