@@ -61,10 +61,10 @@ def refresh_standardizers(model: StagedClassifier, loader: DataLoader, accelerat
     norms = [m for m in model.modules() if isinstance(m, Standardizer)]
     if not norms:
         return None
-    inputs: dict[int, list[torch.Tensor]] = {id(n): [] for n in norms}
+    inputs: dict[Standardizer, list[torch.Tensor]] = {n: [] for n in norms}
 
     def capture(module, args, _output):
-        inputs[id(module)].append(accelerator.gather_for_metrics(args[0].float()).cpu().double())
+        inputs[module].append(accelerator.gather_for_metrics(args[0].float()).cpu().double())
 
     handles = [n.register_forward_hook(capture) for n in norms]
     try:
@@ -73,7 +73,7 @@ def refresh_standardizers(model: StagedClassifier, loader: DataLoader, accelerat
         for h in handles:
             h.remove()
     for n in norms:
-        x = torch.cat(inputs[id(n)])
+        x = torch.cat(inputs[n])
         n.running_mean.copy_(x.mean(0))
         n.running_var.copy_(x.var(0) if len(x) > 1 else torch.ones_like(n.running_var))
     return outputs

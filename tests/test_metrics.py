@@ -12,7 +12,7 @@ from tests.methods.tiny import PAD, VOCAB, build
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def loader(n: int, seed: int, shift: float = 0.0):
+def loader(n: int, seed: int):
     """Batches as the trainer's loaders give them (dicts of ids, mask, labels)."""
     g = torch.Generator().manual_seed(seed)
     out = []
