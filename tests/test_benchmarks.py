@@ -7,8 +7,7 @@ import json
 import sys
 
 import pytest
-
-from conftest import REPO, SWEEP_SEEDS
+from conftest import HF_CACHE, REPO, SWEEP_SEEDS, need
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,6 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -82,7 +82,8 @@ def test_gpu_check_skips_every_cuda_check_cleanly_without_a_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: run bash benchmarks/gpu_check.sh itself")
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], check=False, cwd=REPO, capture_output=True,
+                          text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -107,3 +108,51 @@ def test_tfidf_floor_chooses_c_on_validation_and_scores_the_runs_splits(tmp_path
         assert 0.5 < run["test_accuracy"] <= 1.0  # a bag of words gets about 70% here (chance 25%)
     accs = [r["test_accuracy"] for r in report["runs"]]
     assert report["summary"]["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
+
+
+def test_minilm_table_runs_scpl_selection_first_then_seeds_in_order(tmp_path):
+    table = script("minilm_table")
+    args = table.argparse.Namespace(shared=tmp_path, epochs=4, override=["eval.probe_samples=64"], seeds=[0, 1],
+                                    methods=["bp", "scpl"])
+    jobs = table.build_jobs(args)
+    names = [j.name for j in jobs]
+    assert names[:4] == ["agnews/select/scpl-recipe", "agnews/select/scpl-prototypes",
+                         "debian/select/scpl-recipe", "debian/select/scpl-prototypes"]
+    assert names[4:] == [f"{c}/seeds/{m}-seed{s}" for s in (0, 1) for c in ("agnews", "debian") for m in ("bp", "scpl")]
+    for job in jobs[:4]:  # selection: a tuning seed, the test split never scored
+        assert "train.seed=100" in job.overrides and "eval.test=false" in job.overrides
+    assert [j.needs for j in jobs[4:8]] == [None, "agnews", None, "debian"]
+    assert all("eval.probe_samples=64" in j.overrides and "train.epochs=4" in j.overrides for j in jobs)
+
+
+def test_minilm_table_chooses_the_scpl_setting_with_the_higher_validation_accuracy(tmp_path):
+    table = script("minilm_table")
+    args = table.argparse.Namespace(shared=tmp_path, epochs=1, override=[], seeds=[0], methods=["scpl"])
+    jobs = table.build_jobs(args)
+    picks = [j for j in jobs if j.name.startswith("agnews/select/")]
+    assert table.chosen_setting(jobs, "agnews", tmp_path) is None  # still queued: the seeds wait
+    for job, (val, test) in zip(picks, [(0.80, 0.99), (0.85, 0.10)]):
+        (tmp_path / job.name).mkdir(parents=True)
+        (tmp_path / job.name / "results.json").write_text(json.dumps({"validation_accuracy": val,
+                                                                      "test_accuracy": test}))
+        job.status = "done"
+    assert table.chosen_setting(jobs, "agnews", tmp_path) == "prototypes"  # validation, not test
+    picks[1].status = "failed (1)"  # a failed selection run has no say
+    (tmp_path / picks[1].name / "results.json").unlink()
+    assert table.chosen_setting(jobs, "agnews", tmp_path) == "recipe"
+
+
+@need(HF_CACHE)
+def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(HF_CACHE))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "cost.json"
+    assert script("pretrained_cost").main(
+        [str(REPO / "recipes" / "agnews_minilm.yaml"), "train.batch_size=4", "data.max_length=12", "--methods",
+         "bp,scpl", "--device", "cpu", "--steps", "1", "--warmup", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    bp, scpl = report["methods"]["bp"], report["methods"]["scpl"]
+    assert bp["stages"] == 1 and scpl["stages"] == 3  # recipe: groups [3, 2, 2], one stage per group
+    assert sum(scpl["stage_parameters"]) == scpl["parameters"] == bp["parameters"]  # SCPL's heads: identity
+    assert scpl["stage_parameters"][0] > 2 * scpl["stage_parameters"][1]  # the embedding table rides with stage 0
+    assert scpl["step_time_vs_bp"] == pytest.approx(scpl["step_ms"] / bp["step_ms"])

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Issue 13's GPU measurements in one command, on a CUDA machine without network (a lease of minutes):
+#   bash benchmarks/minilm_gpu.sh BUNDLE OUT
+# BUNDLE (made by benchmarks/minilm_bundle.sh where ../shared is) holds the wheels such a machine lacks
+# (datasets and its pure-Python needs), the two shared datasets, and the MiniLM Hub cache with its weights
+# stored in fp16 (a lease carries at most 64 MiB; the fp32 file is 87 MiB): they are widened back to fp32
+# here (largest difference 1e-3, sentence vectors' cosine >= 0.999999 against the original).
+# Steps: a smoke run (stops everything if it fails); pretrained_cost.py alone on the GPU (clean step times,
+# peak memory whole and per stage); then minilm_table.py (the table, several runs at a time) with the
+# memory-only cost variants beside it. Everything lands in OUT.
+# Dry run on a CPU machine: DEVICE=cpu QUICK='data.max_train_samples=64 train.max_steps=2 ...' (passed to every run).
+set -uo pipefail
+device=${DEVICE:-cuda}
+read -r -a quick <<< "${QUICK:-}"
+bundle=$(cd "${1:?usage: minilm_gpu.sh BUNDLE OUT}" && pwd)
+out=${2:?usage: minilm_gpu.sh BUNDLE OUT}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$bundle"/whl/*.whl || exit 2
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_CACHE=/tmp/hf-cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_DATASETS_CACHE=/tmp/hf-datasets
+rm -rf /tmp/hf-cache && cp -r "$bundle/hf-cache" /tmp/hf-cache
+python3 - <<'EOF' || exit 2
+import glob
+from safetensors.torch import load_file, save_file
+for path in glob.glob("/tmp/hf-cache/models--*/snapshots/*/model.safetensors"):
+    weights = load_file(path)
+    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, path, metadata={"format": "pt"})
+    print("fp32 weights:", path)
+EOF
+nvidia-smi -L 2>/dev/null; python3 -c "import torch, transformers, accelerate, datasets; print(torch.__version__, transformers.__version__, accelerate.__version__, datasets.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+shared=$bundle  # datasets/ag_news_7600, datasets/debian_packages
+
+echo "== smoke ($((SECONDS - t0))s)"
+python3 -m nlp_decouple.train recipes/agnews_minilm.yaml data.path="$shared/datasets/ag_news_7600" method.name=scpl \
+  train.max_steps=10 train.epochs=1 data.max_train_samples=640 data.max_eval_samples=256 train.progress=false \
+  output_dir=/tmp/smoke run_name=scpl > "$out/smoke.log" 2>&1 || { tail -30 "$out/smoke.log"; exit 1; }
+grep -E '"device"|"test_accuracy"|"peak_memory_mb"' /tmp/smoke/scpl/results.json
+
+echo "== cost, alone on the GPU ($((SECONDS - t0))s)"
+python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml --device $device --steps "${STEPS:-30}" \
+  --out "$out/minilm_cost.json" 2>&1 | tail -6
+
+elapsed=$((SECONDS - t0))  # the table's limits count from this script's start
+echo "== table (${elapsed}s)"
+# memory only beside the table (their step times overlap its runs): other cuts, a frozen embedding, longer texts
+(
+  python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml 'model.groups=[1,2,2,2]' --methods bp,scpl \
+    --device "$device" --out "$out/minilm_cost_groups1222.json"
+  python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml model.freeze_embeddings=true --methods bp,scpl \
+    --device "$device" --out "$out/minilm_cost_frozen.json"
+  python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml data.max_length=256 --methods bp,scpl \
+    --device "$device" --out "$out/minilm_cost_len256.json"
+) > "$out/cost_variants.log" 2>&1 &
+cost_pid=$!
+python3 benchmarks/minilm_table.py --shared "$shared" --work /tmp/minilm --archive "$out/minilm_runs.tar.gz" \
+  --parallel "${PARALLEL:-6}" --seeds "${SEEDS:-0,1,2}" --stop-launching $(( ${STOP_AT:-440} - elapsed )) --kill-at $(( ${KILL_AT:-535} - elapsed )) ${quick[@]+"${quick[@]}"} 2>&1 | tee "$out/table.log"
+while kill -0 $cost_pid 2>/dev/null && (( SECONDS - t0 < ${KILL_AT:-535} )); do sleep 1; done
+kill $cost_pid 2>/dev/null; pkill -f benchmarks/pretrained_cost.py  # past the time limit: what finished is in OUT
+wait
+echo "== done ($((SECONDS - t0))s)"
