@@ -64,8 +64,8 @@ def sampler_batches(kind: str, labels: list[int], batch_size: int, m: int, seed:
 
 
 @torch.no_grad()
-def pooled_and_logits(run: Path, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    model, tok = load_for_inference(run / "best", "cpu")
+def pooled_and_logits(model, tok, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every group's pooled vectors and the exit's logits of a saved model (``load_for_inference``)."""
     pooled, logits = [], []
     for batch in encoded_batches(tok, texts, model.config.max_seq_length, 256, model.device):
         outs = model.staged.run(batch["input_ids"], batch["attention_mask"], return_pooled=True)
@@ -75,12 +75,11 @@ def pooled_and_logits(run: Path, texts: list[str]) -> tuple[list[np.ndarray], np
 
 
 @torch.no_grad()
-def exit_with_fresh_statistics(run: Path, train_pooled: np.ndarray, val_pooled: np.ndarray, y_val: np.ndarray
+def exit_with_fresh_statistics(model, train_pooled: np.ndarray, val_pooled: np.ndarray, y_val: np.ndarray
                                ) -> float | None:
     """The saved exit classifier with its standardizer's statistics swapped for those of the training
     texts' features (what metrics.refresh_standardizers does before each evaluation): how much stale
     running averages cost a model saved without the refresh. None for exits without a standardizer."""
-    model, _ = load_for_inference(run / "best", "cpu")
     heads = [m for m in model.modules() if isinstance(getattr(m, "norm", None), Standardizer)]
     if not heads:
         return None
@@ -95,8 +94,9 @@ def run_summary(run: Path, probe_samples: int) -> dict:
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train, val = data.splits["train"], data.splits["validation"]
     n = min(probe_samples, len(train))
-    train_pooled, _ = pooled_and_logits(run, list(train["text"][:n]))
-    val_pooled, val_logits = pooled_and_logits(run, list(val["text"]))
+    model, tok = load_for_inference(run / "best", "cpu")  # once per run
+    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"][:n]))
+    val_pooled, val_logits = pooled_and_logits(model, tok, list(val["text"]))
     y_train, y_val = np.asarray(train["label"][:n]), np.asarray(val["label"])
     preds = val_logits.argmax(-1)
     counts = Counter(train["label"])
@@ -104,7 +104,7 @@ def run_summary(run: Path, probe_samples: int) -> dict:
               for c, name in enumerate(data.label_names)}
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=0))
     probe.fit(train_pooled[-1], y_train)
-    fresh = exit_with_fresh_statistics(run, train_pooled[-1], val_pooled[-1], y_val)
+    fresh = exit_with_fresh_statistics(model, train_pooled[-1], val_pooled[-1], y_val)
     return {
         "run": str(run), "method": cfg.method.name, "seed": cfg.train.seed,
         "epochs": [{"epoch": r["epoch"], "validation": r["validation"]["accuracy"],
@@ -128,8 +128,9 @@ def negation_split(run: Path, probe_samples: int) -> dict:
     data = load_text_data(cfg.data, cfg.train.seed)
     train, val = data.splits["train"], data.splits["validation"]
     n = min(probe_samples, len(train))
-    train_pooled, _ = pooled_and_logits(run, list(train["text"][:n]))
-    val_pooled, val_logits = pooled_and_logits(run, list(val["text"]))
+    model, tok = load_for_inference(run / "best", "cpu")
+    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"][:n]))
+    val_pooled, val_logits = pooled_and_logits(model, tok, list(val["text"]))
     y_train, y_val = np.asarray(train["label"][:n]), np.asarray(val["label"])
     negated = np.array([any(a == "not" and b in opinion for a, b in zip(t.split(), t.split()[1:])) for t in val["text"]])
     rows = []
