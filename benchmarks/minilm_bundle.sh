@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bundle benchmarks/minilm_gpu.sh takes to a CUDA machine without network (at most 64 MiB):
-#   bash benchmarks/minilm_bundle.sh [SHARED] [BUNDLE]     (defaults ../shared and .gpu, which git ignores)
+#   bash benchmarks/minilm_bundle.sh [SHARED] [BUNDLE]     (defaults ../shared and .gpu, in .gitignore)
 # wheels for what that machine lacks (datasets and its pure-Python needs, for its Python 3.12), the shared
 # ag_news_7600 and debian_packages, and the MiniLM Hub cache with the weights stored in fp16 (45 MB instead
 # of 87 MB; minilm_gpu.sh widens them back to fp32).

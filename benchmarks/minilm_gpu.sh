@@ -8,13 +8,14 @@
 # Steps: a smoke run (stops everything if it fails); pretrained_cost.py alone on the GPU (clean step times,
 # peak memory whole and per stage); then minilm_table.py (the table, several runs at a time) with the
 # memory-only cost variants beside it. Everything lands in OUT.
-# Dry run on a CPU machine: DEVICE=cpu QUICK='data.max_train_samples=64 train.max_steps=2 ...' (passed to every run).
+# Dry run on a CPU machine: DEVICE=cpu STEPS=1 QUICK='data.max_train_samples=64 train.max_steps=2 ...' (QUICK goes to
+# every run of the table; the smoke run is small already, the cost runs take STEPS).
 set -uo pipefail
 device=${DEVICE:-cuda}
 read -r -a quick <<< "${QUICK:-}"
 bundle=$(cd "${1:?usage: minilm_gpu.sh BUNDLE OUT}" && pwd)
 out=${2:?usage: minilm_gpu.sh BUNDLE OUT}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 t0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$bundle"/whl/*.whl || exit 2
@@ -45,6 +46,7 @@ python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml --device $devic
 elapsed=$((SECONDS - t0))  # the table's limits count from this script's start
 echo "== table (${elapsed}s)"
 # memory only beside the table (their step times overlap its runs): other cuts, a frozen embedding, longer texts
+set -m  # job control: the background job gets its own process group, killed whole at the time limit
 (
   python3 benchmarks/pretrained_cost.py recipes/agnews_minilm.yaml 'model.groups=[1,2,2,2]' --methods bp,scpl \
     --device "$device" --out "$out/minilm_cost_groups1222.json"
@@ -54,9 +56,10 @@ echo "== table (${elapsed}s)"
     --device "$device" --out "$out/minilm_cost_len256.json"
 ) > "$out/cost_variants.log" 2>&1 &
 cost_pid=$!
+set +m
 python3 benchmarks/minilm_table.py --shared "$shared" --work /tmp/minilm --archive "$out/minilm_runs.tar.gz" \
   --parallel "${PARALLEL:-6}" --seeds "${SEEDS:-0,1,2}" --stop-launching $(( ${STOP_AT:-440} - elapsed )) --kill-at $(( ${KILL_AT:-535} - elapsed )) ${quick[@]+"${quick[@]}"} 2>&1 | tee "$out/table.log"
 while kill -0 $cost_pid 2>/dev/null && (( SECONDS - t0 < ${KILL_AT:-535} )); do sleep 1; done
-kill $cost_pid 2>/dev/null; pkill -f benchmarks/pretrained_cost.py  # past the time limit: what finished is in OUT
+kill -- -$cost_pid 2>/dev/null  # past the time limit: what finished is in OUT
 wait
 echo "== done ($((SECONDS - t0))s)"

@@ -7,8 +7,9 @@ limit. Sized for one GPU and a lease of minutes.
    setting for many classes and small batches, where SupCon alone starves: many anchors of a batch of 32 have
    no positive). The first table chose the prototypes on both data sets; the MiniLM recipes now have them.
 2. Every method with the recipe's settings on seeds 0, 1, 2 (the test split scored at the best-validation
-   epoch, as always); SCPL with the setting chosen in 1. Seeds first, so a cut-short run still has every
-   method on the first seeds.
+   epoch, as always); SCPL with the setting chosen in 1, the other methods with ``OTHERS`` (the keys the
+   first table ran them with: ``method.projection`` is shared with DeInfoReg's projector). Seeds first, so
+   a cut-short run still has every method on the first seeds.
 
 Each run's results.json, metrics.jsonl, config.yaml and test_predictions.json (what ``nlp-decouple report``
 reads) go into ``--archive`` after every finished run; checkpoints are deleted to save disk.
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("bp", "scpl", "early_exit", "deinforeg", "al")
 SCPL_SETTINGS = {"plain": ["method.supcon_prototypes=false", "method.projection=identity"],
                  "prototypes": ["method.supcon_prototypes=true", "method.projection=mlp_bn"]}
+OTHERS = SCPL_SETTINGS["plain"]  # the first table's non-SCPL runs (the recipe before it took SCPL's choice)
 KEEP = ("results.json", "metrics.jsonl", "config.yaml", "test_predictions.json")
 
 
@@ -57,7 +59,7 @@ class Job:
 def build_jobs(args) -> list[Job]:
     common = [f"train.epochs={args.epochs}", "train.progress=false", "eval.every_group=false", *args.override]
     jobs = []
-    for cell, data in cells(args.shared).items():
+    for cell, data in cells(args.shared).items() if "scpl" in args.methods else ():
         for setting, keys in SCPL_SETTINGS.items():
             jobs.append(Job(f"{cell}/select/scpl-{setting}", [*data, *common, "method.name=scpl", "train.seed=100",
                                                             "eval.test=false", *keys], extra={"setting": setting}))
@@ -65,9 +67,22 @@ def build_jobs(args) -> list[Job]:
         for cell, data in cells(args.shared).items():
             for method in args.methods:
                 jobs.append(Job(f"{cell}/seeds/{method}-seed{seed}",
-                                [*data, *common, f"method.name={method}", f"train.seed={seed}"],
+                                [*data, *common, f"method.name={method}", f"train.seed={seed}",
+                                 *([] if method == "scpl" else OTHERS)],
                                 needs=cell if method == "scpl" else None))
     return jobs
+
+
+def command(job: Job, jobs: list[Job], work: Path, recipe: str) -> list[str]:
+    """The training command of ``job``; an SCPL seed run gets its cell's chosen setting (call once the
+    choice is known: ``chosen_setting`` is not None)."""
+    overrides = list(job.overrides)
+    if job.needs:
+        job.extra["setting"] = chosen_setting(jobs, job.needs, work)
+        overrides += SCPL_SETTINGS[job.extra["setting"]]
+    run_dir = work / job.name
+    return [sys.executable, "-m", "nlp_decouple.train", recipe, *overrides, f"output_dir={run_dir.parent}",
+            f"run_name={run_dir.name}"]
 
 
 def chosen_setting(jobs: list[Job], cell: str, work: Path) -> str | None:
@@ -80,13 +95,18 @@ def chosen_setting(jobs: list[Job], cell: str, work: Path) -> str | None:
         res = work / j.name / "results.json"
         if res.is_file():
             scores[j.extra["setting"]] = json.loads(res.read_text())["validation_accuracy"]
-    return max(scores, key=scores.get) if scores else "plain"
+    if not scores:
+        print(f"{cell}: no SCPL selection run finished; SCPL runs with the 'plain' setting", flush=True)
+        return "plain"
+    return max(scores, key=scores.get)
 
 
 def archive(work: Path, target: Path) -> None:
     tmp = target.with_suffix(".part")
     with tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(work.rglob("*")):
+            if path.resolve() in (target.resolve(), tmp.resolve()):  # an archive inside the work folder
+                continue
             if path.is_file() and (path.name in KEEP or path.suffix == ".log" or path.parent == work):
                 tar.add(path, arcname=str(path.relative_to(work)))
     tmp.replace(target)
@@ -120,19 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     timeline = []
 
     def launch(job: Job) -> None:
-        overrides = list(job.overrides)
-        if job.needs:
-            setting = chosen_setting(jobs, job.needs, work)
-            overrides += SCPL_SETTINGS[setting]
-            job.extra["setting"] = setting
+        cmd = command(job, jobs, work, args.recipe)
         run_dir = work / job.name
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         job.log = run_dir.parent / f"{run_dir.name}.log"
-        cmd = [sys.executable, "-m", "nlp_decouple.train", args.recipe, *overrides,
-               f"output_dir={run_dir.parent}", f"run_name={run_dir.name}"]
-        job.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=job.log.open("w"), stderr=subprocess.STDOUT)
+        with job.log.open("w") as log:  # the child keeps its own copy of the handle
+            job.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         job.started, job.status = time.perf_counter(), "running"
-        print(f"[{job.started - start:6.0f}s] start {job.name} {' '.join(overrides[-3:])}", flush=True)
+        print(f"[{job.started - start:6.0f}s] start {job.name} {' '.join(cmd[-5:-2])}", flush=True)
 
     def finish(job: Job, code: int) -> None:
         job.status = "done" if code == 0 else f"failed ({code})"
@@ -154,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             if job.status == "running":
                 job.proc.kill()
+                job.proc.wait()
+                finish(job, -9)
     timeline += [{"run": j.name, "status": j.status} for j in jobs if j.status.startswith("not started")]
     (work / "timeline.json").write_text(json.dumps(timeline, indent=1))
     archive(work, args.archive)

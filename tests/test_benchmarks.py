@@ -123,6 +123,11 @@ def test_minilm_table_runs_scpl_selection_first_then_seeds_in_order(tmp_path):
         assert "train.seed=100" in job.overrides and "eval.test=false" in job.overrides
     assert [j.needs for j in jobs[4:8]] == [None, "agnews", None, "debian"]
     assert all("eval.probe_samples=64" in j.overrides and "train.epochs=4" in j.overrides for j in jobs)
+    for job in jobs[4:]:  # the others keep the first table's heads (method.projection is DeInfoReg's too)
+        pinned = all(key in job.overrides for key in table.OTHERS)
+        assert pinned == (job.needs is None)
+    no_scpl = table.argparse.Namespace(shared=tmp_path, epochs=4, override=[], seeds=[0], methods=["bp"])
+    assert [j.name for j in table.build_jobs(no_scpl)] == ["agnews/seeds/bp-seed0", "debian/seeds/bp-seed0"]
 
 
 def test_minilm_table_chooses_the_scpl_setting_with_the_higher_validation_accuracy(tmp_path):
@@ -137,9 +142,48 @@ def test_minilm_table_chooses_the_scpl_setting_with_the_higher_validation_accura
                                                                       "test_accuracy": test}))
         job.status = "done"
     assert table.chosen_setting(jobs, "agnews", tmp_path) == "prototypes"  # validation, not test
-    picks[1].status = "failed (1)"  # a failed selection run has no say
-    (tmp_path / picks[1].name / "results.json").unlink()
-    assert table.chosen_setting(jobs, "agnews", tmp_path) == "plain"
+    seed_run = next(j for j in jobs if j.name == "agnews/seeds/scpl-seed0")
+    cmd = table.command(seed_run, jobs, tmp_path, "recipe.yaml")
+    assert cmd[-4:-2] == table.SCPL_SETTINGS["prototypes"]
+    assert cmd[-2:] == [f"output_dir={tmp_path / 'agnews' / 'seeds'}", "run_name=scpl-seed0"]
+    (tmp_path / picks[1].name / "results.json").write_text(json.dumps({"validation_accuracy": 0.70}))
+    picks[0].status = "failed (1)"  # a failed selection run has no say
+    (tmp_path / picks[0].name / "results.json").unlink()
+    assert table.chosen_setting(jobs, "agnews", tmp_path) == "prototypes"
+
+
+class _Done:
+    """A finished training process (what ``schedule`` polls)."""
+
+    def poll(self):
+        return 0
+
+
+def test_minilm_table_schedule_holds_scpl_seeds_until_their_choice_and_keeps_the_limits(tmp_path):
+    table = script("minilm_table")
+    args = table.argparse.Namespace(shared=tmp_path, epochs=1, override=[], seeds=[0, 1], methods=["bp", "scpl"],
+                                    parallel=2, stop_launching=1e9, kill_at=1e9)
+    jobs = table.build_jobs(args)
+    order, finished = [], []
+
+    def launch(job):
+        if job.needs:  # its cell's selection runs have both ended
+            assert all(j.status == "done" for j in jobs if j.name.startswith(f"{job.needs}/select/"))
+        assert sum(j.status == "running" for j in jobs) < args.parallel
+        order.append(job.name)
+        job.proc, job.status = _Done(), "running"
+
+    def finish(job, code):
+        job.status = "done" if code == 0 else "failed"
+        finished.append(job.name)
+
+    table.schedule(jobs, args, tmp_path, launch, finish, start=0.0)
+    assert sorted(order) == sorted(finished) == sorted(j.name for j in jobs)
+    assert order[:4] == [j.name for j in jobs[:4]]  # selection first
+    jobs = table.build_jobs(args)
+    args.stop_launching = -1  # past the limit before anything started
+    table.schedule(jobs, args, tmp_path, launch, finish, start=0.0)
+    assert {j.status for j in jobs} == {"not started (time limit)"}
 
 
 @need(HF_CACHE)
@@ -157,3 +201,5 @@ def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monke
     assert scpl["parameters"] > bp["parameters"]  # the recipe's MLP projections and class prototypes
     assert scpl["stage_parameters"][0] > 2 * scpl["stage_parameters"][1]  # the embedding table rides with stage 0
     assert scpl["step_time_vs_bp"] == pytest.approx(scpl["step_ms"] / bp["step_ms"])
+    assert scpl["stage_peak_memory_mb"] == [None] * 3  # each stage trained alone; memory is read on CUDA only
+    assert "largest_stage_memory_vs_bp" not in scpl
