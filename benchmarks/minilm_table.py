@@ -85,20 +85,22 @@ def command(job: Job, jobs: list[Job], work: Path, recipe: str) -> list[str]:
             f"run_name={run_dir.name}"]
 
 
-def chosen_setting(jobs: list[Job], cell: str, work: Path) -> str | None:
-    """The SCPL setting with the higher validation accuracy, once both selection runs ended."""
+def selection_scores(jobs: list[Job], cell: str, work: Path) -> dict[str, float] | None:
+    """Validation accuracy of each SCPL setting whose selection run finished; None while one still runs."""
     picks = [j for j in jobs if j.name.startswith(f"{cell}/select/")]
     if any(j.status in ("queued", "running") for j in picks):
         return None
-    scores = {}
-    for j in picks:
-        res = work / j.name / "results.json"
-        if res.is_file():
-            scores[j.extra["setting"]] = json.loads(res.read_text())["validation_accuracy"]
-    if not scores:
-        print(f"{cell}: no SCPL selection run finished; SCPL runs with the 'plain' setting", flush=True)
-        return "plain"
-    return max(scores, key=scores.get)
+    results = {j.extra["setting"]: work / j.name / "results.json" for j in picks}
+    return {k: json.loads(res.read_text())["validation_accuracy"] for k, res in results.items() if res.is_file()}
+
+
+def chosen_setting(jobs: list[Job], cell: str, work: Path) -> str | None:
+    """The SCPL setting with the higher validation accuracy, once both selection runs ended ('plain' when
+    neither finished)."""
+    scores = selection_scores(jobs, cell, work)
+    if scores is None:
+        return None
+    return max(scores, key=scores.get) if scores else "plain"
 
 
 def archive(work: Path, target: Path) -> None:
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         (work / "timeline.json").write_text(json.dumps(timeline, indent=1))
         archive(work, args.archive)
+        cell = job.name.split("/")[0]
+        if "/select/" in job.name and (scores := selection_scores(jobs, cell, work)) is not None:
+            print(f"{cell}: SCPL seeds run with {chosen_setting(jobs, cell, work)!r} (validation {scores})", flush=True)
 
     try:
         schedule(jobs, args, work, launch, finish, start)

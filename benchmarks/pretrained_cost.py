@@ -30,7 +30,8 @@ def measure(recipe: str, overrides: list[str], device: str, steps: int, warmup: 
 
     from nlp_decouple.classifier import StagedClassifier
     from nlp_decouple.config import load_config
-    from nlp_decouple.optim import parameter_groups
+    from nlp_decouple.models import Carry
+    from nlp_decouple.optim import build_optimization
     from nlp_decouple.tokenization import build_tokenizer
 
     cuda = device.startswith("cuda")
@@ -44,46 +45,42 @@ def measure(recipe: str, overrides: list[str], device: str, steps: int, warmup: 
     mask = torch.ones(batch, length, dtype=torch.bool)
     labels = torch.arange(batch) % num_classes
 
-    def optimizers(stages):
-        return [torch.optim.AdamW(parameter_groups(s, cfg.train), lr=cfg.train.lr, foreach=True) for s in stages]
+    def optimizers(stages):  # the trainer's: one AdamW per stage, body and heads at their own rates
+        opt = build_optimization(list(stages), cfg.train, per_group=True, updates_per_epoch=1)
+        if len(opt.optimizers) != len(stages):
+            raise SystemExit("a stage has nothing to train (a frozen embedding alone?): measure another cut")
+        return opt.optimizers
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    def step(stages, opts, carry, labels):
-        for k, (stage, opt) in enumerate(zip(stages, opts)):
-            if model.decoupled and k > 0:
-                carry = carry.detach()
-            out = stage(carry, labels)
+    def update(outs, opts):  # outs may be iter_stages': each stage steps before the next one runs
+        for out, opt in zip(outs, opts):
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            carry = out.carry
-
-    from nlp_decouple.models import Carry
 
     result: dict = {"stages": len(model.stages), "parameters": sum(p.numel() for p in model.parameters()),
                     "stage_parameters": [sum(p.numel() for p in s.parameters()) for s in model.stages]}
     # the whole model on the device: step time and peak memory
     model.to(device)
     opts = optimizers(model.stages)
-    carry0 = Carry(ids.to(device), mask.to(device))
-    y = labels.to(device)
+    ids_d, mask_d, y = ids.to(device), mask.to(device), labels.to(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
-        step(list(model.stages), opts, carry0, y)
+        update(model.iter_stages(ids_d, mask_d, y), opts)
     sync()
     start = time.perf_counter()
     for _ in range(steps):
-        step(list(model.stages), opts, carry0, y)
+        update(model.iter_stages(ids_d, mask_d, y), opts)
     sync()
     took = (time.perf_counter() - start) / steps
     result.update(step_ms=1000 * took, samples_per_s=batch / took)
     if cuda:
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    del opts, carry0
+    del opts, ids_d, mask_d
     model.to("cpu")
     if len(model.stages) == 1:
         return result
@@ -99,7 +96,7 @@ def measure(recipe: str, overrides: list[str], device: str, steps: int, warmup: 
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(warmup + 2):
-            step([stage], opt, carry, y)
+            update([stage(carry, y)], opt)
         sync()
         per_stage.append(torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
         with torch.no_grad():
