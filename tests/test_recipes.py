@@ -11,11 +11,11 @@ from nlp_decouple.methods import METHODS
 
 from conftest import REPO
 
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))  # recipes/paper/ too
 
 
 def recipe_id(path: Path) -> str:
-    return path.stem
+    return str(path.relative_to(REPO / "recipes").with_suffix(""))
 
 
 def test_recipes_exist():
@@ -50,7 +50,7 @@ def test_recipe_opens_with_how_to_run_it(recipe):
         header.append(line)
     runs = [line for line in header if "nlp_decouple.train" in line]
     assert runs, f"{recipe.name}: the opening comment must show a `python -m nlp_decouple.train ...` command"
-    assert any(f"recipes/{recipe.name}" in line for line in runs), \
+    assert any(f"{recipe.relative_to(REPO)}" in line for line in runs), \
         f"{recipe.name}: the command in the opening comment must name this recipe"
 
 
