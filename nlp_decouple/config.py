@@ -82,6 +82,7 @@ class MethodConfig:
     name: Literal[tuple(METHODS)] = "bp"  # see nlp_decouple.registry
     backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
     temperature: float = 0.1
+    learn_temperature: bool = False  # SCPL: tau a trained parameter per group, starting at `temperature`
     projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
     projection_dim: int | None = None  # default: the group's pooled size
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"

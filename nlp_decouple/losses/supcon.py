@@ -1,6 +1,8 @@
 """Supervised contrastive loss (Khosla et al. 2020, "SupCon out"), single view."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -21,15 +23,27 @@ class SupConLoss(nn.Module):
     (as positives P(i) and in the denominator A(i)) but are not anchors; no gradient reaches them.
     ``centers``: optional (C, d) class prototypes, row c of class c. They join the contrast set like the
     memory but do receive gradients (learnable class centres, as in parametric contrastive learning).
+    ``learn_temperature``: tau becomes a parameter (its log, starting at ``temperature``), trained with the
+    loss as CLIP trains its logit scale, and kept at or above ``MIN_TEMPERATURE``.
     """
 
-    def __init__(self, temperature: float = 0.1, divisor: str = "positives"):
+    MIN_TEMPERATURE = 0.01  # CLIP's cap on the logit scale (100)
+
+    def __init__(self, temperature: float = 0.1, divisor: str = "positives", learn_temperature: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
         if divisor not in ("positives", "positives_plus_one"):
             raise ValueError(f"unknown divisor {divisor!r}")
-        self.temperature, self.divisor = temperature, divisor
+        self.divisor = divisor
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature))) if learn_temperature else None
+        self._temperature = temperature
+
+    @property
+    def temperature(self) -> Tensor | float:
+        if self.log_temperature is None:
+            return self._temperature
+        return self.log_temperature.exp().clamp(min=self.MIN_TEMPERATURE)
 
     def forward(self, z: Tensor, labels: Tensor, memory: tuple[Tensor, Tensor] | None = None,
                 centers: Tensor | None = None) -> Tensor:

@@ -33,7 +33,7 @@ def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list
     def contrastive(group: BlockGroup) -> ContrastiveHead:
         return ContrastiveHead(group.pool_dim, cfg.projection, cfg.projection_dim, cfg.temperature,
                                cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue,
-                               num_classes if cfg.supcon_prototypes else 0)
+                               num_classes if cfg.supcon_prototypes else 0, cfg.learn_temperature)
 
     stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     last = groups[-1]

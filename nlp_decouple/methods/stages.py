@@ -47,10 +47,10 @@ class ContrastiveHead(nn.Module):
 
     def __init__(self, in_dim: int, projection: str, projection_dim: int | None, temperature: float,
                  divisor: str, gather_features: bool | None = None, queue_size: int = 0,
-                 num_prototypes: int = 0):
+                 num_prototypes: int = 0, learn_temperature: bool = False):
         super().__init__()
         self.projection = make_projection(projection, in_dim, projection_dim)
-        self.loss = SupConLoss(temperature, divisor)
+        self.loss = SupConLoss(temperature, divisor, learn_temperature)
         # past batches' features: more positives per anchor when a batch has few texts of each class
         self.queue = FeatureQueue(queue_size, projection_dim or in_dim) if queue_size else None
         # learnable class centres in the contrast set: every anchor has a positive, and texts of classes

@@ -155,3 +155,28 @@ def test_invalid_arguments_rejected():
         SupConLoss(0.0)
     with pytest.raises(ValueError):
         SupConLoss(0.1, divisor="anchors")
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.2])
+def test_learned_temperature_matches_naive_loop_and_gets_its_gradient(tau):
+    labels = LABEL_PATTERNS["mixed"]
+    z = features(len(labels), seed=3)
+    loss_fn = SupConLoss(tau, learn_temperature=True)
+    got = loss_fn(z, torch.tensor(labels))
+    got.backward()
+    # the naive loop with tau = exp(log tau) as a float64 leaf: same value, same d loss / d log tau
+    log_tau = torch.tensor(math.log(tau), dtype=torch.float64, requires_grad=True)
+    want = naive_supcon(z, labels, log_tau.exp())
+    want.backward()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_fn.log_temperature.grad.double(), log_tau.grad, rtol=1e-4, atol=1e-6)
+    # at its start the learned loss is the fixed-temperature loss
+    torch.testing.assert_close(got.detach(), SupConLoss(tau)(z, torch.tensor(labels)))
+
+
+def test_learned_temperature_is_floored():
+    loss_fn = SupConLoss(0.1, learn_temperature=True)
+    with torch.no_grad():
+        loss_fn.log_temperature.fill_(math.log(1e-4))
+    assert float(loss_fn.temperature) == pytest.approx(SupConLoss.MIN_TEMPERATURE)
+    assert SupConLoss(0.1).log_temperature is None and SupConLoss(0.1).temperature == 0.1

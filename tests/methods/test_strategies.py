@@ -39,6 +39,7 @@ CASES = {
     "deinforeg": ("deinforeg", "model.dropout=0"),
     # dropout draws from the global RNG only in forwards, which run in the same order either way
     "scpl_dropout": ("scpl", "model.dropout=0.2"),
+    "scpl_learned_temperature": ("scpl", "model.dropout=0", "method.learn_temperature=true"),
     "scpl_lstm": ("scpl", "model.encoder=lstm", "model.dropout=0"),
     "scpl_lstm_handoff": ("scpl", "model.encoder=lstm", "model.lstm_state_handoff=true", "model.dropout=0"),
     "early_exit_lstm": ("early_exit", "model.encoder=lstm", "model.dropout=0"),
@@ -103,3 +104,11 @@ def test_frozen_embedding_stage_is_skipped_identically(tmp_path):
                            init_a["stages.1.groups.0.blocks.0.layer.linear1.weight"])
     for key in after_a:
         torch.testing.assert_close(after_a[key], after_b[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_learned_temperature_trains_in_every_group(tmp_path):
+    _, before, after = train_steps(small(tmp_path, "scpl", "per_group", "model.dropout=0",
+                                         "method.learn_temperature=true"))
+    taus = [n for n in after if n.endswith("log_temperature")]
+    assert len(taus) == 3  # embedding + 2 blocks: one SupCon each
+    assert all(not torch.equal(before[n], after[n]) for n in taus)
