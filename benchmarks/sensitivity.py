@@ -7,7 +7,8 @@ seed given, and appends to one JSON per output folder:
 
     python benchmarks/sensitivity.py --cell debian --methods bp,scpl --seeds 100 \
         --vary train.lr=1e-3,3e-3,1e-2 --fixed model.norm=pre --out benchmarks/out/sensitivity
-    python benchmarks/sensitivity.py --collect --out benchmarks/out/sensitivity   # table + curves
+    python benchmarks/sensitivity.py --collect --out benchmarks/out/sensitivity   # the tables
+    python benchmarks/sensitivity.py --choose --cells debian,agnews --out ...      # leave-one-dataset-out
 
 Cells (real data under $NLP_DECOUPLE_SHARED, default ../shared; the new set under datasets/):
 debian (8,000 training texts, 2,000 validation texts, 34 classes), agnews (6,080 texts, validation carved),
@@ -81,7 +82,8 @@ def train(args: argparse.Namespace) -> None:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     start = time.time()
                     with (run_dir / "train.log").open("a") as log:
-                        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+                        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              check=False).returncode
                     print(f"{rid} {key}={value} {method}: exit {code} in {time.time() - start:.0f}s", flush=True)
                     if code != 0:
                         continue
@@ -116,6 +118,91 @@ def collect(args: argparse.Namespace) -> None:
             print(f"{method:<11}" + "".join(cells))
 
 
+def plot(args: argparse.Namespace) -> None:
+    """One panel per (cell, varied key, fixed settings): best validation accuracy against the value, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads((args.out / "sensitivity.json").read_text())
+    series: dict[tuple, dict] = {}
+    for row in rows.values():
+        series.setdefault((row["cell"], row["vary"], " ".join(row["fixed"])), {}).setdefault(
+            row["method"], []).append(row)
+    panels = [k for k, v in sorted(series.items()) if any(len({r["value"] for r in runs}) > 1 for runs in v.values())]
+    if not panels:
+        return
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((len(panels) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, panels):
+        for method, runs in sorted(series[key].items()):
+            by_value: dict[float, list[float]] = {}
+            for r in runs:
+                by_value.setdefault(float(r["value"]), []).append(100 * r["best_val_acc"])
+            xs = sorted(by_value)
+            ax.plot(xs, [sum(by_value[x]) / len(by_value[x]) for x in xs], "o-", label=method)
+        ax.set_xscale("log")
+        ax.set_title(f"{key[0]}: {key[1]}\n{key[2].replace('train.batch_size=128', '').strip() or 'recipe'}", fontsize=8)
+        ax.set_ylabel("best validation acc. (%)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=110)
+    print(f"curves: {args.plot}")
+
+
+def settings_of(row: dict) -> str:
+    """A run's full setting, the varied key included, as one sortable string."""
+    return " ".join(sorted([*row["fixed"], f"{row['vary']}={row['value']}"]))
+
+
+def leave_one_out(rows: dict, method: str, cells: list[str]) -> dict:
+    """Leave-one-dataset-out choice of ``method``'s setting among those run on every cell (validation only).
+
+    A setting's regret on a cell is the cell's best validation accuracy (over the settings) minus its own.
+    For each held-out cell the setting with the least mean regret on the *other* cells is chosen, and its
+    regret on the held-out cell is what the choice costs a dataset it was not chosen on. The overall choice
+    is the setting with the least mean held-out regret over the folds' choices, else the least mean regret.
+    """
+    acc: dict[str, dict[str, list[float]]] = {}
+    for row in rows.values():
+        if row["method"] == method and row["cell"] in cells:
+            acc.setdefault(settings_of(row), {}).setdefault(row["cell"], []).append(row["best_val_acc"])
+    complete = {s: {c: sum(v) / len(v) for c, v in by_cell.items()} for s, by_cell in acc.items()
+                if all(c in by_cell for c in cells)}
+    if not complete:
+        return {"method": method, "cells": cells, "folds": [], "settings": 0}
+    best = {c: max(v[c] for v in complete.values()) for c in cells}
+    regret = {s: {c: best[c] - v[c] for c in cells} for s, v in complete.items()}
+    folds = []
+    for held in cells:
+        others = [c for c in cells if c != held]
+        choice = min(regret, key=lambda s: (sum(regret[s][c] for c in others) / len(others), s))
+        folds.append({"held_out": held, "chosen": choice, "held_out_acc": complete[choice][held],
+                      "held_out_regret": regret[choice][held], "held_out_best": best[held]})
+    overall = min(regret, key=lambda s: (sum(regret[s].values()), s))
+    return {"method": method, "cells": cells, "settings": len(complete), "folds": folds, "overall": overall,
+            "overall_acc": complete[overall], "overall_regret": regret[overall]}
+
+
+def choose(args: argparse.Namespace) -> None:
+    rows = json.loads((args.out / "sensitivity.json").read_text())
+    cells = args.cells.split(",")
+    result = [leave_one_out(rows, m, cells) for m in args.methods.split(",")]
+    (args.out / "leave_one_out.json").write_text(json.dumps(result, indent=1))
+    for r in result:
+        print(f"\n{r['method']}: {r['settings']} settings run on every cell of {','.join(cells)}")
+        for f in r["folds"]:
+            print(f"  held out {f['held_out']:<7} chosen [{f['chosen']}]: {100 * f['held_out_acc']:.2f} "
+                  f"(best {100 * f['held_out_best']:.2f}, regret {100 * f['held_out_regret']:.2f})")
+        if r["folds"]:
+            print(f"  overall [{r['overall']}]: regret " +
+                  ", ".join(f"{c} {100 * v:.2f}" for c, v in r["overall_regret"].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", default="debian")
@@ -127,10 +214,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/sensitivity")
     parser.add_argument("--collect", action="store_true", help="print the tables of what has run")
+    parser.add_argument("--choose", action="store_true", help="leave-one-dataset-out choice over --cells")
+    parser.add_argument("--cells", default="debian,agnews", help="cells the --choose folds run over")
+    parser.add_argument("--plot", type=Path, default=None, help="with --collect: a PNG of every curve")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    collect(args) if args.collect else train(args)
+    if args.collect or args.choose:
+        collect(args) if args.collect else choose(args)
+        if args.collect and args.plot:
+            plot(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

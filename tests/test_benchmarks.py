@@ -203,3 +203,25 @@ def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monke
     assert scpl["step_time_vs_bp"] == pytest.approx(scpl["step_ms"] / bp["step_ms"])
     assert scpl["stage_peak_memory_mb"] == [None] * 3  # each stage trained alone; memory is read on CUDA only
     assert "largest_stage_memory_vs_bp" not in scpl
+
+
+def test_sensitivity_leave_one_dataset_out_known_answer():
+    """Three settings on three cells: each fold picks the least mean regret on the other two cells."""
+    acc = {  # setting -> cell -> validation accuracy
+        "train.lr=1e-3": {"a": 0.60, "b": 0.70, "c": 0.50},
+        "train.lr=3e-3": {"a": 0.66, "b": 0.69, "c": 0.58},
+        "train.lr=1e-2": {"a": 0.65, "b": 0.75, "c": 0.40},
+    }
+    rows = {f"{c}-{s}": {"cell": c, "method": "scpl", "vary": "train.lr", "value": s.split("=")[1], "fixed": [],
+                         "best_val_acc": v} for s, cells in acc.items() for c, v in cells.items()}
+    rows["extra"] = {"cell": "a", "method": "scpl", "vary": "train.lr", "value": "3e-2", "fixed": [], "best_val_acc": 0.9}
+    result = script("sensitivity").leave_one_out(rows, "scpl", ["a", "b", "c"])
+    assert result["settings"] == 3  # 3e-2 ran on one cell only: never a candidate
+    folds = {f["held_out"]: f for f in result["folds"]}
+    # held out a: regrets on b, c: 1e-3 (0.05, 0.08), 3e-3 (0.06, 0) , 1e-2 (0, 0.18) -> 3e-3
+    assert folds["a"]["chosen"] == "train.lr=3e-3" and folds["a"]["held_out_regret"] == pytest.approx(0.0)
+    # held out b: on a, c: 1e-3 (0.06, 0.08), 3e-3 (0, 0), 1e-2 (0.01, 0.18) -> 3e-3, regret on b 0.06
+    assert folds["b"]["chosen"] == "train.lr=3e-3" and folds["b"]["held_out_regret"] == pytest.approx(0.06)
+    # held out c: on a, b: 1e-3 (0.06, 0.05), 3e-3 (0, 0.06), 1e-2 (0.01, 0) -> 1e-2, regret on c 0.18
+    assert folds["c"]["chosen"] == "train.lr=1e-2" and folds["c"]["held_out_regret"] == pytest.approx(0.18)
+    assert result["overall"] == "train.lr=3e-3"
