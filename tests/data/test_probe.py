@@ -1,6 +1,8 @@
 """The probe set (eval.probe_samples): a seeded, stratified draw that does not depend on the file's order."""
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from nlp_decouple.config import load_config
+from nlp_decouple.data import draw_probe_set, tokenize_splits
 from nlp_decouple.data.synthetic import make_synthetic
 from nlp_decouple.metrics import refresh_standardizers
 from nlp_decouple.models import Standardizer
@@ -82,3 +85,83 @@ def test_refreshed_statistics_do_not_depend_on_the_file_order(sorted_and_shuffle
     torch.testing.assert_close(stats[0][1], stats[1][1], rtol=1e-5, atol=1e-6)
     assert sorted(probe_labels(on_sorted)) == sorted(probe_labels(on_shuffled))
     assert not np.allclose(stats[0][0].numpy(), 0)  # the refresh set real statistics
+
+
+
+def test_a_tuning_run_never_reads_test_and_records_its_probe_set(sorted_and_shuffled, tmp_path, monkeypatch):
+    """eval.test=false: an unreadable test file is no obstacle, only train and validation are tokenised,
+    and results.json says what the probe set held."""
+    import nlp_decouple.trainer as trainer_module
+
+    folder = Path(shutil.copytree(sorted_and_shuffled[0], tmp_path / "unreadable_test"))
+    (folder / "data" / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
+    tokenized = []
+
+    def recording(splits, *args):
+        tokenized.append(sorted(splits))
+        return tokenize_splits(splits, *args)
+
+    monkeypatch.setattr(trainer_module, "tokenize_splits", recording)
+    cfg = load_config(None, ["data.name=custom", f"data.path={folder}", "tokenizer.train=word", "model.encoder=lstm",
+                             "model.hidden_size=16", "model.num_layers=2", "method.name=scpl", "eval.test=false",
+                             f"eval.probe_samples={PROBE}", "train.epochs=1", "train.batch_size=32",
+                             "train.progress=false", "train.cpu=true", f"output_dir={tmp_path}", "run_name=tune"])
+    trainer = trainer_module.Trainer(cfg)
+    results = trainer.fit()
+    assert tokenized == [["train", "validation"]] and set(trainer.loaders.evals) == {"validation"}
+    assert results["test_accuracy"] is None and "test" not in results["data"]
+    counts = Counter(probe_labels(trainer))
+    assert json.loads((tmp_path / "tune" / "results.json").read_text())["probe_set"] == {
+        "size": PROBE, "draw": "stratified", "classes_present": 4, "classes_total": 4,
+        "min_per_class": min(counts.values()), "per_class": [counts[c] for c in range(4)]}
+
+
+# ---------------------------------------------------------------- the draw itself
+
+
+def labelled(counts: list[int]) -> tuple[list[str], list[int]]:
+    """Texts grouped by label, ``counts[c]`` of class c."""
+    pairs = [(f"class {c} text {i}", c) for c, n in enumerate(counts) for i in range(n)]
+    return [t for t, _ in pairs], [y for _, y in pairs]
+
+
+def test_stratified_draw_keeps_each_class_share():
+    counts = [500, 300, 150, 40, 10]
+    texts, labels = labelled(counts)
+    probe = draw_probe_set(texts, labels, 5, 200, seed=0)
+    assert probe.draw == "stratified" and len(probe.indices) == len(set(probe.indices)) == 200
+    got = Counter(labels[i] for i in probe.indices)  # counted here, not taken from the ProbeSet
+    assert [got[c] for c in range(5)] == probe.per_class
+    for c, n in enumerate(counts):
+        assert abs(got[c] - 200 * n / sum(counts)) < 1, (c, got[c])
+    assert probe.stats() == {"size": 200, "draw": "stratified", "classes_present": 5, "classes_total": 5,
+                             "min_per_class": 2, "per_class": probe.per_class}
+
+
+def test_draw_depends_on_the_seed_and_the_content_not_the_order():
+    texts, labels = labelled([120, 80, 50])
+    chosen = lambda t, y, seed: sorted((t[i], y[i]) for i in draw_probe_set(t, y, 3, 60, seed).indices)
+    rows = list(zip(texts, labels))
+    for permutation in (np.random.default_rng(1).permutation(len(rows)), np.arange(len(rows))[::-1]):
+        shuffled_texts, shuffled_labels = zip(*[rows[i] for i in permutation])
+        assert chosen(list(shuffled_texts), list(shuffled_labels), 7) == chosen(texts, labels, 7)
+    assert chosen(texts, labels, 7) == chosen(texts, labels, 7)
+    assert chosen(texts, labels, 8) != chosen(texts, labels, 7)
+
+
+def test_a_split_no_larger_than_asked_is_taken_whole():
+    texts, labels = labelled([3, 2])
+    probe = draw_probe_set(texts, labels, 3, 5, seed=0)  # a third class absent from train
+    assert probe.draw == "all" and sorted(probe.indices) == list(range(5))
+    assert probe.stats()["classes_present"] == 2 and probe.stats()["classes_total"] == 3
+    assert probe.stats()["min_per_class"] == 0 and probe.per_class == [3, 2, 0]
+
+
+@pytest.mark.parametrize("counts,size", [([50, 50, 1], 20),  # a class with one text cannot be split
+                                          ([50, 50, 50], 2)])  # fewer texts asked than classes
+def test_random_draw_when_classes_cannot_all_be_represented(counts, size):
+    texts, labels = labelled(counts)
+    probe = draw_probe_set(texts, labels, 3, size, seed=0)
+    assert probe.draw == "random" and len(set(probe.indices)) == size
+    assert sum(probe.per_class) == size
+    assert draw_probe_set(texts, labels, 3, size, seed=0).indices == probe.indices
