@@ -80,9 +80,9 @@ class Trainer:
             tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
         if acc.is_main_process:
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
-        train = self.data.splits["train"]  # every rank draws the same rows: the draw reads content, not order
-        self.probe = draw_probe_set(train["text"], train["label"], self.data.num_classes, cfg.eval.probe_samples,
-                                    t.seed)
+        # every rank draws the same rows (the training split is in content order, the draw seeded)
+        self.probe = draw_probe_set(self.data.splits["train"]["label"], self.data.num_classes,
+                                    cfg.eval.probe_samples, t.seed)
         self.loaders = build_loaders(tokenized, self.tokenizer, cfg, self.probe.indices)
         tok = self.tokenizer
         self.model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, self.data.num_classes,

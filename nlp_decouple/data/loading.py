@@ -1,6 +1,6 @@
 """Load a dataset (Hub, local folder or files, synthetic), normalise it to ``text``/``label`` columns,
-take the source's validation split (or carve a stratified one from train), cap sizes and add optional
-label noise."""
+put the training split in content order, take the source's validation split (or carve a stratified one
+from train), cap sizes and add optional label noise."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataConfig
@@ -164,6 +165,14 @@ def _normalise(ds: Dataset, split: str, text_fields: list[str], label_field: str
     return out, before - len(out)
 
 
+def in_content_order(split: Dataset) -> Dataset:
+    """The rows sorted by (text, label). What follows (carves, caps, label noise, batch order, the probe
+    draw) is seeded over row positions, so it then depends on the texts and the seed, never on the order
+    a source stores them in (label-sorted exports included); rows equal in both keys are interchangeable."""
+    table = split.with_format("arrow")[:]
+    return split.select(pc.sort_indices(table, sort_keys=[("text", "ascending"), ("label", "ascending")]).to_numpy())
+
+
 def _noisy_labels(train: Dataset, rate: float, num_classes: int, seed: int) -> tuple[Dataset, float]:
     rng = np.random.default_rng(seed + 7919)
     labels = np.asarray(train["label"])
@@ -191,6 +200,7 @@ def load_text_data(cfg: DataConfig, seed: int, with_test: bool = True) -> TextDa
     stats: dict = {"dropped_empty": {}}
     train, dropped = _normalise(raw[train_split], "train", text_fields, label_field, label_names, cfg)
     stats["dropped_empty"]["train"] = dropped
+    train = in_content_order(train)
     test = None
     if spec.test_split in names and spec.test_split != train_split:
         if with_test:

@@ -2,9 +2,9 @@
 refresh SCPL's exit standardiser before each evaluation.
 
 A seeded random subset of the training split, stratified by label when every class can be represented
-(scikit-learn's ``train_test_split``). The draw runs over the rows sorted by their content, not over the
-file's order, so a training file grouped by label gives the same set as a shuffled copy of it, and every
-process of a launch draws the same rows.
+(scikit-learn's ``train_test_split``), never a prefix. The draw is over row positions, which
+:func:`nlp_decouple.data.loading.load_text_data` puts in content order: a training file grouped by label
+gives the same set as a shuffled copy of it, and every process of a launch draws the same rows.
 """
 from __future__ import annotations
 
@@ -30,30 +30,22 @@ class ProbeSet:
                 "min_per_class": min(self.per_class), "per_class": self.per_class}
 
 
-def content_order(texts: Iterable[str], labels: np.ndarray) -> np.ndarray:
-    """Row indices sorted by (text, label): the same rows in any file order give the same sequence
-    (rows equal in both keys are interchangeable)."""
-    texts = list(texts)
-    return np.array(sorted(range(len(texts)), key=lambda i: (texts[i], labels[i])), dtype=np.int64)
-
-
 def _stratifiable(counts: np.ndarray, size: int, total: int) -> bool:
     """scikit-learn's conditions: two texts of each present class, and room for each class on both sides."""
     present = counts[counts > 0]
     return present.min() >= 2 and size >= len(present) and total - size >= len(present)
 
 
-def draw_probe_set(texts: Iterable[str], labels: Iterable[int], num_classes: int, size: int,
-                   seed: int) -> ProbeSet:
-    """``size`` training rows drawn with ``seed``; every row when the split has no more than ``size``."""
+def draw_probe_set(labels: Iterable[int], num_classes: int, size: int, seed: int) -> ProbeSet:
+    """``size`` rows of a split with these ``labels``, drawn with ``seed``; every row when the split has no
+    more than ``size``."""
     labels = np.asarray(list(labels), dtype=np.int64)
-    order = content_order(texts, labels)
-    counts = np.bincount(labels, minlength=num_classes)
+    rows = np.arange(len(labels))
     if size >= len(labels):
-        chosen, draw = order, "all"
-    elif _stratifiable(counts, size, len(labels)):
-        chosen, _ = train_test_split(order, train_size=size, stratify=labels[order], random_state=seed)
+        chosen, draw = rows, "all"
+    elif _stratifiable(np.bincount(labels, minlength=num_classes), size, len(labels)):
+        chosen, _ = train_test_split(rows, train_size=size, stratify=labels, random_state=seed)
         draw = "stratified"
     else:
-        chosen, draw = np.random.default_rng(seed).choice(order, size=size, replace=False), "random"
+        chosen, draw = np.random.default_rng(seed).choice(rows, size=size, replace=False), "random"
     return ProbeSet(chosen.tolist(), draw, np.bincount(labels[chosen], minlength=num_classes).tolist())

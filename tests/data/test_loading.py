@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -432,6 +433,9 @@ def test_train_and_validation_are_the_same_with_and_without_test(tmp_path, sourc
     assert set(full.splits) == {"train", "validation", "test"}
 
 
+# ---------------------------------------------------------------- no order assumed of a source's files
+
+
 def sorted_by_label(n: int, offset: int = 0) -> Dataset:
     """small_dataset's texts grouped by label, as many exports store them: any prefix holds one class."""
     return small_dataset(n, offset=offset).sort("label")
@@ -454,6 +458,28 @@ def test_caps_take_every_class_from_a_label_sorted_source(tmp_path, layout):
         counts = Counter(data.splits[name]["label"])
         assert len(counts) == 3 and max(counts.values()) <= len(data.splits[name]) / 2, (name, counts)
 
+
+@pytest.mark.parametrize("fmt", ["jsonl", "hub"])
+def test_splits_do_not_depend_on_the_file_order(tmp_path, fmt):
+    """The same texts grouped by label and shuffled give the same splits, row for row: the training split
+    is put in content order before anything is carved, capped, noised or drawn."""
+    rows = [{"text": t, "label": y} for t, y in zip(*sorted_by_label(300)[:].values())]
+    held_out = [{"text": t, "label": y} for t, y in zip(*sorted_by_label(60, offset=1000)[:].values())]
+    cfg = dict(name="custom", max_train_samples=150, max_eval_samples=20, label_noise=0.1)
+    loaded = []
+    for name, ordered in (("sorted", rows), ("shuffled", [rows[i] for i in np.random.default_rng(0).permutation(300)])):
+        if fmt == "jsonl":  # one file: test and validation are carved from it
+            write_records(path := tmp_path / f"{name}.jsonl", ordered)
+        else:  # Hub layout with the source's own test split
+            path = tmp_path / name
+            (path / "data").mkdir(parents=True)
+            pd.DataFrame(ordered).to_parquet(path / "data" / "train-00000-of-00001.parquet")
+            pd.DataFrame(held_out).to_parquet(path / "data" / "test-00000-of-00001.parquet")
+        loaded.append(load_text_data(DataConfig(path=str(path), **cfg), seed=3))
+    for name in ("train", "validation", "test"):
+        assert loaded[0].splits[name]["text"] == loaded[1].splits[name]["text"], name
+        assert loaded[0].splits[name]["label"] == loaded[1].splits[name]["label"], name
+    assert loaded[0].stats == loaded[1].stats
 
 # ---------------------------------------------------------------- errors
 
