@@ -2,8 +2,8 @@
 epoch, so an epoch's order is the same after a resume), the evaluation loaders and the probe loader."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from datasets import DatasetDict

@@ -8,8 +8,9 @@ gives the same set as a shuffled copy of it, and every process of a launch draws
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 from sklearn.model_selection import train_test_split
