@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from nlp_decouple.config import load_config
-from nlp_decouple.data import load_text_data
+from nlp_decouple.data import draw_probe_set, load_text_data
 from nlp_decouple.data.sampling import ClassGroupedBatchSampler
 from nlp_decouple.inference import encoded_batches, load_for_inference
 from nlp_decouple.models import Standardizer
@@ -88,18 +88,23 @@ def exit_with_fresh_statistics(model, train_pooled: np.ndarray, val_pooled: np.n
     return float((head.classifier(z.float()).argmax(-1).numpy() == y_val).mean())
 
 
+def probe_texts(data, probe_samples: int, seed: int):
+    """The training texts the trainer's probes and standardiser refresh used (its seeded probe draw)."""
+    train = data.splits["train"]
+    return train.select(draw_probe_set(train["label"], data.num_classes, probe_samples, seed).indices)
+
+
 def run_summary(run: Path, probe_samples: int) -> dict:
     cfg = load_config(run / "config.yaml")
-    data = load_text_data(cfg.data, cfg.train.seed)
+    data = load_text_data(cfg.data, cfg.train.seed, with_test=False)  # validation only
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train, val = data.splits["train"], data.splits["validation"]
-    n = min(probe_samples, len(train))
+    train, val = probe_texts(data, probe_samples, cfg.train.seed), data.splits["validation"]
     model, tok = load_for_inference(run / "best", "cpu")  # once per run
-    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"][:n]))
+    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"]))
     val_pooled, val_logits = pooled_and_logits(model, tok, list(val["text"]))
-    y_train, y_val = np.asarray(train["label"][:n]), np.asarray(val["label"])
+    y_train, y_val = np.asarray(train["label"]), np.asarray(val["label"])
     preds = val_logits.argmax(-1)
-    counts = Counter(train["label"])
+    counts = Counter(data.splits["train"]["label"])
     recall = {name: float((preds[y_val == c] == c).mean()) if (y_val == c).any() else None
               for c, name in enumerate(data.label_names)}
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=0))
@@ -125,13 +130,12 @@ def negation_split(run: Path, probe_samples: int) -> dict:
 
     opinion = set(POSITIVE) | set(NEGATIVE)
     cfg = load_config(run / "config.yaml")
-    data = load_text_data(cfg.data, cfg.train.seed)
-    train, val = data.splits["train"], data.splits["validation"]
-    n = min(probe_samples, len(train))
+    data = load_text_data(cfg.data, cfg.train.seed, with_test=False)  # validation only
+    train, val = probe_texts(data, probe_samples, cfg.train.seed), data.splits["validation"]
     model, tok = load_for_inference(run / "best", "cpu")
-    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"][:n]))
+    train_pooled, _ = pooled_and_logits(model, tok, list(train["text"]))
     val_pooled, val_logits = pooled_and_logits(model, tok, list(val["text"]))
-    y_train, y_val = np.asarray(train["label"][:n]), np.asarray(val["label"])
+    y_train, y_val = np.asarray(train["label"]), np.asarray(val["label"])
     negated = np.array([any(a == "not" and b in opinion for a, b in zip(t.split(), t.split()[1:])) for t in val["text"]])
     rows = []
     for k, (tr, va) in enumerate(zip(train_pooled, val_pooled)):

@@ -137,9 +137,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every_group: bool = True  # layer-wise accuracies each epoch (exits or linear probes)
-    probe_samples: int = 2000  # training texts used to fit each linear probe
+    probe_samples: int = 2000  # probe set: training texts (seeded, stratified draw) for linear probes and refresh
     probe_max_iter: int = 500
-    test: bool = True  # score the test split each epoch; false while tuning (test is never looked at)
+    test: bool = True  # score the test split each epoch; false while tuning (test is never read)
 
 
 @dataclass

@@ -28,7 +28,8 @@ def versions() -> dict[str, str]:
 
 
 def build_results(state: TrainState, cfg: Config, *, device: torch.device, num_processes: int, num_parameters: int,
-                  label_names: list[str], data_stats: dict, word_vector_coverage: float | None) -> dict:
+                  label_names: list[str], data_stats: dict, probe_set: dict, word_vector_coverage: float | None
+                  ) -> dict:
     best, last = state.best, state.history[-1]
     memory, memory_kind = peak_memory_mb(device)
     test = best["test"] or {}  # eval.test=false (tuning): no test scores at all
@@ -58,5 +59,6 @@ def build_results(state: TrainState, cfg: Config, *, device: torch.device, num_p
         "num_processes": num_processes,
         "device": str(device),
         "data": data_stats,
+        "probe_set": probe_set,  # the texts behind the probes and the standardiser refresh: size, class coverage
         "versions": versions(),
     }

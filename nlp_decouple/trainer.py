@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .config import Config, flatten, group_sizes, run_identity, save_config
-from .data import build_loaders, load_text_data, tokenize_splits
+from .data import build_loaders, draw_probe_set, load_text_data, tokenize_splits
 from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
 from .hf import DecoupledForSequenceClassification, save_model_dir
@@ -75,12 +75,15 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         acc.wait_for_everyone()
         with acc.main_process_first():
-            self.data = load_text_data(cfg.data, t.seed)
+            self.data = load_text_data(cfg.data, t.seed, with_test=cfg.eval.test)
             self.tokenizer = build_tokenizer(cfg.tokenizer, self.data.splits["train"]["text"] if cfg.tokenizer.train else None)
             tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
         if acc.is_main_process:
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
-        self.loaders = build_loaders(tokenized, self.tokenizer, cfg)
+        # every rank draws the same rows (the training split is in content order, the draw seeded)
+        self.probe = draw_probe_set(self.data.splits["train"]["label"], self.data.num_classes,
+                                    cfg.eval.probe_samples, t.seed)
+        self.loaders = build_loaders(tokenized, self.tokenizer, cfg, self.probe.indices)
         tok = self.tokenizer
         self.model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, self.data.num_classes,
                                                   self.data.max_length)
@@ -136,7 +139,8 @@ class Trainer:
             self._save_weights("last")
         results = build_results(state, cfg, device=acc.device, num_processes=acc.num_processes,
                                 num_parameters=count_parameters(self.model), label_names=self.data.label_names,
-                                data_stats=self.data.stats, word_vector_coverage=self.word_vector_coverage)
+                                data_stats=self.data.stats, probe_set=self.probe.stats(),
+                                word_vector_coverage=self.word_vector_coverage)
         if acc.is_main_process:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         acc.end_training()

@@ -42,12 +42,18 @@ def check_ranks_agree(method: str, backward: str, out_dir: str) -> None:
     assert not torch.equal(seen[0], seen[1]), "both ranks got the same batch"  # else agreement proves nothing
     outs = collect(trainer.model, trainer.loaders.evals["test"], trainer.accelerator)
     assert len(outs.labels) == len(trainer.data.splits["test"]) == 61  # odd size: padding de-duplicated
+    rows = torch.tensor(trainer.probe.indices)  # each rank draws the probe set itself: the same rows on both
+    drawn = [torch.empty_like(rows) for _ in range(2)]
+    dist.all_gather(drawn, rows)
+    assert torch.equal(drawn[0], drawn[1]) and len(rows) == 50, "the ranks drew different probe sets"
     if method == "scpl":  # the exit's standardizer: statistics of every probe text once, the same on both ranks
         refresh_standardizers(trainer.model, trainer.loaders.probe, trainer.accelerator)
         norm = next(m for m in trainer.model.modules() if isinstance(m, Standardizer))
-        pooled = collect(trainer.model, trainer.loaders.probe, trainer.accelerator, return_pooled=True).pooled[-1]
-        x = torch.from_numpy(pooled).double()
+        outs = collect(trainer.model, trainer.loaders.probe, trainer.accelerator, return_pooled=True)
+        x = torch.from_numpy(outs.pooled[-1]).double()
         assert len(x) == 50
+        labels = trainer.data.splits["train"]["label"]
+        assert sorted(outs.labels.tolist()) == sorted(labels[i] for i in trainer.probe.indices)  # the drawn rows
         torch.testing.assert_close(norm.running_mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(norm.running_var.double(), x.var(0), rtol=1e-5, atol=1e-6)
 

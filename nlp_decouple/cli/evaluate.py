@@ -98,7 +98,7 @@ def evaluate_run(run: Path, args: argparse.Namespace) -> dict:
             raise UserError(f"{str(run)!r} has no config.yaml (not a run directory): evaluate a saved model on "
                             "--texts FILE instead")
         cfg = load_config(run / "config.yaml", args.overrides)
-        data = load_text_data(cfg.data, cfg.train.seed)
+        data = load_text_data(cfg.data, cfg.train.seed, with_test=args.split == "test")  # test read only if asked
         if data.label_names != names:
             raise UserError(f"the data's labels {data.label_names} differ from the model's {names}: evaluate on "
                             "data with the same classes")

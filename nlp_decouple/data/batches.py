@@ -2,6 +2,7 @@
 epoch, so an epoch's order is the same after a resume), the evaluation loaders and the probe loader."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from .sampling import ClassGroupedBatchSampler
 class Loaders:
     train: DataLoader
     evals: dict[str, DataLoader]  # validation (and test unless eval.test=false)
-    probe: DataLoader  # the first eval.probe_samples training texts, for layer-wise linear probes
+    probe: DataLoader  # the probe set's training texts (data.probe): linear probes, the standardiser refresh
     shuffle: torch.Generator  # the training order's generator: seed it at each epoch start
 
 
@@ -34,7 +35,9 @@ def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding
     return DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
 
 
-def build_loaders(tokenized: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: Config) -> Loaders:
+def build_loaders(tokenized: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: Config,
+                  probe_rows: Sequence[int]) -> Loaders:
+    """``probe_rows``: the training rows of the probe set (:func:`nlp_decouple.data.probe.draw_probe_set`)."""
     t, collator = cfg.train, make_collator(tokenizer)
     shuffle = torch.Generator().manual_seed(t.seed)
 
@@ -43,7 +46,6 @@ def build_loaders(tokenized: DatasetDict, tokenizer: PreTrainedTokenizerBase, cf
                           num_workers=cfg.data.num_workers, generator=shuffle if shuffled else None)
 
     splits = ("validation", "test") if cfg.eval.test else ("validation",)  # tuning never reads test
-    probe_n = min(cfg.eval.probe_samples, len(tokenized["train"]))
     if cfg.data.sampler == "random":
         train = loader(tokenized["train"], t.batch_size, shuffled=True)
     else:  # batches of samples_per_class texts per class, drawn from the same per-epoch generator
@@ -53,4 +55,4 @@ def build_loaders(tokenized: DatasetDict, tokenizer: PreTrainedTokenizerBase, cf
                            num_workers=cfg.data.num_workers)
     return Loaders(train=train,
                    evals={name: loader(tokenized[name], t.eval_batch_size) for name in splits},
-                   probe=loader(tokenized["train"].select(range(probe_n)), t.eval_batch_size), shuffle=shuffle)
+                   probe=loader(tokenized["train"].select(probe_rows), t.eval_batch_size), shuffle=shuffle)

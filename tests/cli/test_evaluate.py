@@ -24,6 +24,16 @@ def test_reevaluating_a_run_reproduces_its_reported_test_accuracy(tiny_sweep, ca
     assert [g["group"] for g in al["groups"]] == [0, 1, 2]  # AL's shortcut exits, one per layer
 
 
+
+def test_validation_is_the_runs_own_without_reading_test(tiny_sweep):
+    """--split validation loads no test split, and the validation split is the one the run chose on."""
+    run = tiny_sweep / "bp-seed0"
+    assert main([str(run), "--split", "validation", "--device", "cpu"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    evaluation = json.loads((run / "evaluation" / "synthetic-validation.json").read_text())
+    assert evaluation["examples"] == results["data"]["validation"]
+    assert evaluation["accuracy"] == pytest.approx(results["validation_accuracy"], abs=0.011)
+
 def test_a_csv_of_texts_with_labels_is_scored_and_predictions_written(tiny_sweep, tmp_path):
     names = json.loads((tiny_sweep / "bp-seed0" / "best" / "config.json").read_text())["id2label"]
     texts = tmp_path / "mine.csv"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -365,6 +366,120 @@ def test_max_train_and_eval_samples(clean_synthetic):
                                       max_train_samples=10**6, max_eval_samples=10**6), seed=0)
     assert {k: len(v) for k, v in roomy.splits.items()} == {k: len(v) for k, v in full.splits.items()}
 
+
+# ---------------------------------------------------------------- eval.test=false: the test split unread
+
+
+def corrupt(path) -> None:
+    path.write_bytes(b"not a data file, and reading it fails")
+
+
+def hub_folder(root, splits: dict) -> str:
+    (root / "data").mkdir(parents=True)
+    for name, split in splits.items():
+        split.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
+    return str(root)
+
+
+def test_without_test_an_unreadable_test_file_is_never_read(tmp_path):
+    folder = hub_folder(tmp_path / "hub", {"train": small_dataset(90), "validation": small_dataset(12, offset=500),
+                                           "test": small_dataset(30, offset=1000)})
+    corrupt(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet")
+    data = load_text_data(DataConfig(name="custom", path=folder), seed=0, with_test=False)
+    assert set(data.splits) == {"train", "validation"} and "test" not in data.stats
+    assert len(data.splits["train"]) == 90 and data.stats.get("validation_from_source") is True
+    assert "test_carved_from_train" not in data.stats  # the source has a test split: nothing carved
+    with pytest.raises(Exception):  # the check that the file is unreadable: reading it fails
+        load_text_data(DataConfig(name="custom", path=folder), seed=1)
+
+
+def test_without_test_save_to_disk_and_file_sources_skip_it(tmp_path):
+    saved = tmp_path / "saved"
+    DatasetDict(train=small_dataset(90), test=small_dataset(30, offset=1000)).save_to_disk(str(saved))
+    for arrow in (saved / "test").glob("*.arrow"):
+        corrupt(arrow)
+    data = load_text_data(DataConfig(name="custom", path=str(saved)), seed=0, with_test=False)
+    assert set(data.splits) == {"train", "validation"} and len(data.splits["train"]) == 81
+    write_records(tmp_path / "train.jsonl", [{"text": f"row {i}", "label": i % 2} for i in range(40)])
+    corrupt(tmp_path / "test.jsonl")
+    data = load_text_data(DataConfig(name="custom", path=str(tmp_path / "train.jsonl"),
+                                     test_path=str(tmp_path / "test.jsonl")), seed=0, with_test=False)
+    assert set(data.splits) == {"train", "validation"} and len(data.splits["train"]) == 36
+
+
+@pytest.mark.parametrize("source", ["single", "validation_as_test"])
+def test_train_and_validation_are_the_same_with_and_without_test(tmp_path, source):
+    """A test split carved from train is still carved without test (else train and validation would
+    change); sst2's validation split, which serves as its test split, is not read without test."""
+    folder = tmp_path / source
+    if source == "single":
+        small_dataset(100).save_to_disk(str(folder))
+        cfg = DataConfig(name="custom", path=str(folder), max_eval_samples=7)
+    else:
+        DatasetDict(train=small_dataset(90), validation=small_dataset(30, offset=1000)).save_to_disk(str(folder))
+        for arrow in (folder / "validation").glob("*.arrow"):
+            corrupt(arrow)
+        cfg = DataConfig(name="sst2", path=str(folder), text_fields=["text"], label_field="label")
+    without = load_text_data(cfg, seed=4, with_test=False)
+    assert set(without.splits) == {"train", "validation"}
+    if source == "validation_as_test":
+        with pytest.raises(Exception):
+            load_text_data(cfg, seed=4)
+        DatasetDict(train=small_dataset(90), validation=small_dataset(30, offset=1000)).save_to_disk(str(folder))
+    full = load_text_data(cfg, seed=4)
+    for name in ("train", "validation"):
+        assert without.splits[name]["text"] == full.splits[name]["text"], name
+        assert without.splits[name]["label"] == full.splits[name]["label"], name
+    assert set(full.splits) == {"train", "validation", "test"}
+
+
+# ---------------------------------------------------------------- no order assumed of a source's files
+
+
+def sorted_by_label(n: int, offset: int = 0) -> Dataset:
+    """small_dataset's texts grouped by label, as many exports store them: any prefix holds one class."""
+    return small_dataset(n, offset=offset).sort("label")
+
+
+@pytest.mark.parametrize("layout", ["single_file", "three_splits"])
+def test_caps_take_every_class_from_a_label_sorted_source(tmp_path, layout):
+    """No cap, carve or split assumes a shuffled file: the caps are random draws (not stratified), so each
+    capped split holds every class with no class at more than half (a prefix of the file would hold one)."""
+    if layout == "single_file":
+        path = tmp_path / "sorted.jsonl"
+        write_records(path, [{"text": t, "label": y} for t, y in zip(*sorted_by_label(300)[:].values())])
+    else:
+        path = tmp_path / "sorted"
+        DatasetDict(train=sorted_by_label(300), validation=sorted_by_label(90, offset=500),
+                    test=sorted_by_label(90, offset=1000)).save_to_disk(str(path))
+    data = load_text_data(DataConfig(name="custom", path=str(path), max_train_samples=60, max_eval_samples=30),
+                          seed=0)
+    for name in ("train", "validation", "test"):
+        counts = Counter(data.splits[name]["label"])
+        assert len(counts) == 3 and max(counts.values()) <= len(data.splits[name]) / 2, (name, counts)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "hub"])
+def test_splits_do_not_depend_on_the_file_order(tmp_path, fmt):
+    """The same texts grouped by label and shuffled give the same splits, row for row: the training split
+    is put in content order before anything is carved, capped, noised or drawn."""
+    rows = [{"text": t, "label": y} for t, y in zip(*sorted_by_label(300)[:].values())]
+    held_out = [{"text": t, "label": y} for t, y in zip(*sorted_by_label(60, offset=1000)[:].values())]
+    cfg = dict(name="custom", max_train_samples=150, max_eval_samples=20, label_noise=0.1)
+    loaded = []
+    for name, ordered in (("sorted", rows), ("shuffled", [rows[i] for i in np.random.default_rng(0).permutation(300)])):
+        if fmt == "jsonl":  # one file: test and validation are carved from it
+            write_records(path := tmp_path / f"{name}.jsonl", ordered)
+        else:  # Hub layout with the source's own test split
+            path = tmp_path / name
+            (path / "data").mkdir(parents=True)
+            pd.DataFrame(ordered).to_parquet(path / "data" / "train-00000-of-00001.parquet")
+            pd.DataFrame(held_out).to_parquet(path / "data" / "test-00000-of-00001.parquet")
+        loaded.append(load_text_data(DataConfig(path=str(path), **cfg), seed=3))
+    for name in ("train", "validation", "test"):
+        assert loaded[0].splits[name]["text"] == loaded[1].splits[name]["text"], name
+        assert loaded[0].splits[name]["label"] == loaded[1].splits[name]["label"], name
+    assert loaded[0].stats == loaded[1].stats
 
 # ---------------------------------------------------------------- errors
 
