@@ -203,3 +203,29 @@ def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monke
     assert scpl["step_time_vs_bp"] == pytest.approx(scpl["step_ms"] / bp["step_ms"])
     assert scpl["stage_peak_memory_mb"] == [None] * 3  # each stage trained alone; memory is read on CUDA only
     assert "largest_stage_memory_vs_bp" not in scpl
+
+
+def test_protocol_table_corrects_across_every_cell(tmp_path, capsys):
+    from test_report import fake_run
+
+    from nlp_decouple.report import build_report
+    from nlp_decouple.stats import holm, paired_test
+
+    table = script("protocol_table")
+    for cell, shift in (("debian_transformer", 0), ("agnews_lstm", 4)):
+        runs, root = [], tmp_path / cell / "runs"
+        root.mkdir(parents=True)
+        for method, wrong in (("bp", (30, 20, 40)), ("scpl", (28 + shift, 21, 37 + shift))):
+            runs += [fake_run(root, method, s, range(s * 50, s * 50 + n)) for s, n in enumerate(wrong)]
+            provenance = {"params": {"train.lr": 0.003}, "finished": 8, "best_value": 0.8}
+            (tmp_path / cell / "tune").mkdir(parents=True, exist_ok=True)
+            (tmp_path / cell / "tune" / f"{method}.yaml").write_text(f"{table.PROVENANCE}{json.dumps(provenance)}\n")
+        build_report(runs, tmp_path / cell / "report", margin=2.0)
+    out = tmp_path / "protocol.json"
+    assert table.main([str(tmp_path), "--cells", "debian_transformer", "agnews_lstm", "--out", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["vs_bp"]]
+    raw = [paired_test(r["vs_bp"]["test_accuracy_diff"], 2.0) for r in rows]
+    assert len(rows) == 2 and [r["vs_bp"]["test"]["p_difference_holm"] for r in rows] == \
+        pytest.approx(holm([t.p_difference for t in raw]))  # over both cells, not within each
+    text = capsys.readouterr().out
+    assert "Holm across the 2 comparisons of this table" in text and "±2 points" in text
