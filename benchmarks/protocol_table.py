@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nlp_decouple.stats import PairedTest, holm_adjust, verdict
 
 PROVENANCE = "# tune-provenance: "

@@ -229,3 +229,16 @@ def test_protocol_table_corrects_across_every_cell(tmp_path, capsys):
         pytest.approx(holm([t.p_difference for t in raw]))  # over both cells, not within each
     text = capsys.readouterr().out
     assert "Holm across the 2 comparisons of this table" in text and "±2 points" in text
+
+
+def test_verdict_null_counts_false_differences_of_both_rules(tmp_path):
+    out = tmp_path / "null.json"
+    assert script("verdict_null").main(["--sets", "6", "--seeds", "3", "--examples", "300", "--resamples", "50",
+                                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["sets"] == 6 and [r["seeds"] for r in result["results"]] == [3]
+    rates = result["results"][0]["false_difference_rate"]
+    assert {k: v * 6 for k, v in rates.items()} == {k: pytest.approx(round(v * 6)) for k, v in rates.items()}
+    # a strong true effect is called by both rules: the simulated difference does reach the verdicts
+    strong = sys.modules["verdict_null"].simulate(3, 4, 3000, 0.3, 0.12, 50, 0, effect=8.0)["false_difference_rate"]
+    assert strong == {"bootstrap": 1.0, "t_test": 1.0}
