@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 
 from .report_data import Group, MethodRow, Run, VsBP
-from .stats import ALPHA, holm_adjust, paired_bootstrap, paired_test, percentile_interval, verdict
+from .stats import holm_adjust, paired_bootstrap, paired_test, percentile_interval, verdict
 
 
 def against_bp(group: Group, bp: Group, margin: float, resamples: int = 2000, seed: int = 0) -> VsBP:
@@ -55,8 +55,7 @@ def _correctness(runs: list[Run]) -> tuple[np.ndarray | None, str | None]:
     return np.asarray(rows, dtype=np.int8), None
 
 
-def add_comparisons(groups: list[Group], rows: list[MethodRow], margin: float, resamples: int, seed: int,
-                    alpha: float = ALPHA) -> int:
+def add_comparisons(groups: list[Group], rows: list[MethodRow], margin: float, resamples: int, seed: int) -> int:
     """Set each row's ``vs_bp`` against the BP group of its encoder (None for BP and where BP is absent),
     its p-values Holm-adjusted over every comparison of the report that has a test, and its verdict.
     Returns that number of comparisons."""
@@ -66,5 +65,5 @@ def add_comparisons(groups: list[Group], rows: list[MethodRow], margin: float, r
         row.vs_bp = against_bp(g, bp[encoder], margin, resamples, seed) if method != "bp" and encoder in bp else None
     compared = [row.vs_bp for row in rows if row.vs_bp]
     for vs, test in zip(compared, holm_adjust([vs.test for vs in compared])):
-        vs.test, vs.verdict = test, verdict(test, alpha)
+        vs.test, vs.verdict = test, verdict(test)
     return sum(vs.test is not None for vs in compared)

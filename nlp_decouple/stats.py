@@ -90,7 +90,7 @@ def _one_sample_p(mean: float, se: float, df: int, popmean: float, alternative: 
     return 0.0 if hit else 1.0
 
 
-def paired_test(diffs: list[float], margin: float, alpha: float = ALPHA) -> PairedTest | None:
+def paired_test(diffs: list[float], margin: float) -> PairedTest | None:
     """The difference test, TOST at ±``margin`` and the paired t intervals of ``diffs`` (None with fewer than
     :data:`MIN_SEEDS` differences)."""
     from scipy.special import stdtrit  # the Student t quantile
@@ -106,11 +106,10 @@ def paired_test(diffs: list[float], margin: float, alpha: float = ALPHA) -> Pair
     lower = _one_sample_p(mean, se, df, -margin, "greater")
     upper = _one_sample_p(mean, se, df, margin, "less")
     p_difference, p_equivalence = _one_sample_p(mean, se, df, 0.0, "two-sided"), max(lower, upper)
-    half = {level: float(stdtrit(df, (1 + level) / 2)) * se for level in (1 - 2 * alpha, 1 - alpha)}
+    half90, half95 = (float(stdtrit(df, 1 - tail)) * se for tail in (ALPHA, ALPHA / 2))
     return PairedTest(n=n, mean=mean, sd=sd, margin=margin,
                       p_difference=p_difference, p_above_lower=lower, p_below_upper=upper, p_equivalence=p_equivalence,
-                      t_ci90=[mean - half[1 - 2 * alpha], mean + half[1 - 2 * alpha]],
-                      t_ci95=[mean - half[1 - alpha], mean + half[1 - alpha]],
+                      t_ci90=[mean - half90, mean + half90], t_ci95=[mean - half95, mean + half95],
                       p_difference_holm=p_difference, p_equivalence_holm=p_equivalence)
 
 
@@ -138,14 +137,14 @@ def holm_adjust(tests: list[PairedTest | None]) -> list[PairedTest | None]:
             for t in tests]
 
 
-def verdict(test: PairedTest | None, alpha: float = ALPHA) -> str:
+def verdict(test: PairedTest | None) -> str:
     """One verdict from the Holm-adjusted p-values. "higher" / "lower": the difference test rejects mean 0;
     "equivalent within ±m": both one-sided tests reject |mean| ≥ m; "higher, within ±m" / "lower, within
     ±m": both (a detectable difference smaller than the margin); "inconclusive": neither, or fewer than
     :data:`MIN_SEEDS` paired seeds."""
     if test is None:
         return f"inconclusive (needs ≥ {MIN_SEEDS} seeds)"
-    differs, equivalent = test.p_difference_holm <= alpha, test.p_equivalence_holm <= alpha
+    differs, equivalent = test.p_difference_holm <= ALPHA, test.p_equivalence_holm <= ALPHA
     within = f"within ±{test.margin:g}"
     direction = "higher" if test.mean > 0 else "lower"
     if differs:

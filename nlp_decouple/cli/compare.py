@@ -17,6 +17,7 @@ one after another (data parallel), and rank 0 writes the report. ``--launcher "a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -24,8 +25,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
 
 import yaml
 
