@@ -6,7 +6,8 @@ Each simulated comparison has S seed pairs on one test set of N examples. Seed p
 δ_s ~ Normal(0, sd) points (training noise: on average no effect); a fraction q of the examples is
 discordant (one method right, the other wrong), each +1 with probability 1/2 + δ_s / (200 q), else −1.
 
-    python benchmarks/verdict_null.py --sets 400 --seeds 3 5 --out benchmarks/out/verdict_null.json
+    python benchmarks/verdict_null.py --sets 300 --seeds 3 5 --examples 6000 --sd 1.5 --resamples 1000 \
+        --out docs/results/verdict_null_6000.json
 """
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ def simulate(seeds: int, sets: int, examples: int, sd: float, discordant: float,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", type=int, default=400, help="simulated comparisons per seed count")
+    parser.add_argument("--sets", type=int, default=300, help="simulated comparisons per seed count")
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 5], help="seed pairs per comparison")
     parser.add_argument("--examples", type=int, default=1520, help="test examples (AG News 7,600 re-split: 1,520)")
     parser.add_argument("--sd", type=float, default=1.0, help="seed-to-seed sd of the true difference, points")
     parser.add_argument("--discordant", type=float, default=0.12, help="share of examples only one method gets right")
-    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     settings = {k: getattr(args, k) for k in ("sets", "examples", "sd", "discordant", "resamples")}
