@@ -4,9 +4,9 @@ comparisons of one report, and the verdict they give; a paired bootstrap of the 
 same test examples, kept as a descriptive interval.
 
 Verdicts come from the t tests on the per-seed differences, not from the bootstrap: with S seed pairs the
-bootstrap's seed level only ever redraws those S differences, so its interval can never leave their range;
-with 3 seeds that all share a sign (1 time in 4 with no effect at all) it excludes 0. The t interval widens
-by t(n-1) for the few seeds it has.
+bootstrap's seed level only ever redraws those S differences, so its seed part can never leave their range;
+with 3 seeds that all share a sign (1 time in 4 with no effect at all) it excludes 0 wherever the seed
+spread outweighs the test-set noise. The t interval widens by t(n-1) for the few seeds it has.
 
 The bootstrap is two-level when several seed pairs are given: each resample draws seed pairs (method seed
 s with BP seed s) with replacement *and* test examples with replacement, the same examples for every
@@ -16,7 +16,7 @@ noise; with one seed pair it reduces to resampling test examples.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -128,8 +128,6 @@ def holm(pvalues: list[float]) -> list[float]:
 def holm_adjust(tests: list[PairedTest | None]) -> list[PairedTest | None]:
     """The tests with their Holm-adjusted p-values: one family of the difference tests and one of the
     equivalence tests, each over the comparisons that have a test (None stays None)."""
-    from dataclasses import replace
-
     present = [t for t in tests if t is not None]
     difference = iter(holm([t.p_difference for t in present]))
     equivalence = iter(holm([t.p_equivalence for t in present]))
