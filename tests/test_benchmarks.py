@@ -225,3 +225,42 @@ def test_sensitivity_leave_one_dataset_out_known_answer():
     # held out c: on a, b: 1e-3 (0.06, 0.05), 3e-3 (0, 0.06), 1e-2 (0.01, 0) -> 1e-2, regret on c 0.18
     assert folds["c"]["chosen"] == "train.lr=1e-2" and folds["c"]["held_out_regret"] == pytest.approx(0.18)
     assert result["overall"] == "train.lr=3e-3"
+
+
+def test_protocol_table_corrects_across_every_cell(tmp_path, capsys):
+    from test_report import fake_run
+
+    from nlp_decouple.report import build_report
+    from nlp_decouple.stats import holm, paired_test
+
+    table = script("protocol_table")
+    for cell, shift in (("debian_transformer", 0), ("agnews_lstm", 4)):
+        runs, root = [], tmp_path / cell / "runs"
+        root.mkdir(parents=True)
+        for method, wrong in (("bp", (30, 20, 40)), ("scpl", (28 + shift, 21, 37 + shift))):
+            runs += [fake_run(root, method, s, range(s * 50, s * 50 + n)) for s, n in enumerate(wrong)]
+            provenance = {"params": {"train.lr": 0.003}, "finished": 8, "best_value": 0.8}
+            (tmp_path / cell / "tune").mkdir(parents=True, exist_ok=True)
+            (tmp_path / cell / "tune" / f"{method}.yaml").write_text(f"{table.PROVENANCE}{json.dumps(provenance)}\n")
+        build_report(runs, tmp_path / cell / "report", margin=2.0)
+    out = tmp_path / "protocol.json"
+    assert table.main([str(tmp_path), "--cells", "debian_transformer", "agnews_lstm", "--out", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["vs_bp"]]
+    raw = [paired_test(r["vs_bp"]["test_accuracy_diff"], 2.0) for r in rows]
+    assert len(rows) == 2 and [r["vs_bp"]["test"]["p_difference_holm"] for r in rows] == \
+        pytest.approx(holm([t.p_difference for t in raw]))  # over both cells, not within each
+    text = capsys.readouterr().out
+    assert "Holm across the 2 comparisons of this table" in text and "±2 points" in text
+
+
+def test_verdict_null_counts_false_differences_of_both_rules(tmp_path):
+    out = tmp_path / "null.json"
+    assert script("verdict_null").main(["--sets", "6", "--seeds", "3", "--examples", "300", "--resamples", "50",
+                                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["sets"] == 6 and [r["seeds"] for r in result["results"]] == [3]
+    rates = result["results"][0]["false_difference_rate"]
+    assert {k: v * 6 for k, v in rates.items()} == {k: pytest.approx(round(v * 6)) for k, v in rates.items()}
+    # a strong true effect is called by both rules: the simulated difference does reach the verdicts
+    strong = sys.modules["verdict_null"].simulate(3, 4, 3000, 0.3, 0.12, 50, 0, effect=8.0)["false_difference_rate"]
+    assert strong == {"bootstrap": 1.0, "t_test": 1.0}

@@ -1,12 +1,14 @@
 """Train every method x seed on identical data, tokenizer, model size and budget, then write a report:
 
     nlp-decouple compare recipes/agnews_transformer.yaml methods=bp,scpl,early_exit,al,deinforeg \\
-        seeds=0,1,2 train.epochs=5 model.hidden_size=64 [--out runs/compare-agnews] [--jobs 2]
+        seeds=0,1,2,3,4 train.epochs=5 model.hidden_size=64 [--out runs/compare-agnews] [--jobs 2] [--margin 1.0]
 
 Each run gets its own directory ``OUT/<method>-seed<seed>`` and is a fresh ``python -m nlp_decouple.train``
 process (so its peak memory is its own). The sweep is resumable: a finished run with the same settings is
 kept, an interrupted one continues from its last checkpoint (``train.resume=auto``), and a run directory
-holding different settings is refused. The report goes to ``OUT/report`` (see ``nlp_decouple.report``).
+holding different settings is refused. Each run also gets ``source_recipe.json``: the recipe it came from
+and, for a recipe written by ``tune``, its provenance (the report says when a verdict is about untuned
+settings). The report goes to ``OUT/report`` (see ``nlp_decouple.report``).
 
 Under ``accelerate launch`` / ``torchrun`` with several processes, the runs train in this process group
 one after another (data parallel), and rank 0 writes the report. ``--launcher "accelerate launch
@@ -15,6 +17,7 @@ one after another (data parallel), and rank 0 writes the report. ``--launcher "a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -29,6 +32,10 @@ from ..config import config_from_dict, load_config, run_identity
 from ..errors import UserError, cli_entry
 from ..logs import setup_console
 from ..registry import METHODS
+from ..report_data import SOURCE_FILE
+from ..stats import DEFAULT_MARGIN
+
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]  # five: the paired t test's interval is usable, with three it is very wide
 
 
 @dataclass
@@ -52,15 +59,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--launcher", default=None, help='prefix for each run, e.g. "accelerate launch --num_processes 2"')
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--resamples", type=int, default=2000, help="the report's paired bootstrap resamples (default 2000)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="the report's equivalence margin in accuracy points (default %(default)g)")
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
+    if not args.margin > 0:
+        raise UserError(f"--margin {args.margin:g}: give the equivalence margin in accuracy points, > 0 (e.g. 1.0)")
     return args
 
 
 def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
     """Pull ``methods=`` and ``seeds=`` out of the overrides."""
-    methods, seeds, rest = ["bp", "scpl"], [0, 1, 2], []
+    methods, seeds, rest = ["bp", "scpl"], list(DEFAULT_SEEDS), []
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "methods":
@@ -73,9 +84,9 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
             try:
                 seeds = [int(s) for s in value.split(",") if s.strip()]
             except ValueError:
-                raise UserError(f"seeds={value!r}: give integers separated by commas, e.g. seeds=0,1,2") from None
+                raise UserError(f"seeds={value!r}: give integers separated by commas, e.g. seeds=0,1,2,3,4") from None
             if not seeds:
-                raise UserError("seeds= is empty; e.g. seeds=0,1,2")
+                raise UserError("seeds= is empty; e.g. seeds=0,1,2,3,4")
         elif key in ("method.name", "train.seed", "run_name", "output_dir", "train.resume"):
             raise UserError(f"{key} is set by compare for each run: use methods=..., seeds=... or --out instead")
         else:
@@ -147,8 +158,19 @@ def refuse_tuning_seeds(recipe: str, seeds: list[int]) -> None:
     provenance = read_provenance(recipe) or {}
     reused = sorted(set(seeds) & set(provenance.get("tuning_seeds", [])))
     if reused:
-        raise UserError(f"seeds {reused} tuned {recipe!r}: report on other seeds (e.g. seeds=0,1,2), never the tuning "
-                        "ones")
+        raise UserError(f"seeds {reused} tuned {recipe!r}: report on other seeds (e.g. seeds=0,1,2,3,4), never the "
+                        "tuning ones")
+
+
+def record_source(recipe: str, common: list[str], runs: list[PlannedRun]) -> None:
+    """Write each run's ``source_recipe.json`` before it trains: the recipe, the sweep's overrides and the
+    recipe's tune provenance (null for a recipe not written by ``tune``); the report reads it."""
+    from ..tuning.recipe import read_provenance
+
+    source = {"recipe": str(Path(recipe).resolve()), "overrides": common, "tune_provenance": read_provenance(recipe)}
+    for run in runs:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2))
 
 
 @cli_entry
@@ -164,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         print(f"[compare] {len(runs)} runs in {out}: {len(runs) - len(todo)} done, {len(todo)} to train", flush=True)
+        record_source(args.recipe, common, todo)
     if world > 1:
         if args.launcher or args.jobs > 1:
             raise UserError("under a multi-process launcher the runs train in this process group: drop --launcher/--jobs")
@@ -178,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..report import build_report
 
         title = args.title or f"{Path(args.recipe).stem}: {', '.join(methods)} x seeds {','.join(map(str, seeds))}"
-        build_report([r.run_dir for r in runs], out / "report", title, args.resamples)
+        build_report([r.run_dir for r in runs], out / "report", title, args.resamples, margin=args.margin)
         print((out / "report" / "report.md").read_text())
         print(f"[compare] report: {out / 'report' / 'report.md'}", flush=True)
     return 0

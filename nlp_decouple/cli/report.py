@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import cli_entry
 from ..report import __doc__ as REPORT_DOC
 from ..report import build_report
+from ..stats import DEFAULT_MARGIN
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -18,13 +19,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--title", default="Decoupled vs BP: comparison report")
     parser.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's RNG seed (default 0)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="equivalence margin in accuracy points for the verdicts (default %(default)g)")
     return parser.parse_args(argv)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = build_report(args.runs, args.out, args.title, args.resamples, args.bootstrap_seed)
+    report = build_report(args.runs, args.out, args.title, args.resamples, args.bootstrap_seed, args.margin)
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.md'} ({len(report['runs'])} runs, {len(report['plots'])} plots)", file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ One study per method (TPE sampler, median pruner on per-epoch validation accurac
 (SQLite; browse it with ``optuna-dashboard sqlite:///OUT/study.db``), default
 ``OUT = <output_dir>/tune-<recipe name>``. Every trial trains in this process with ``eval.test=false``
 (the test split is never loaded) in ``OUT/<method>/trial<N>-seed<S>/``. The objective is the best epoch's
-validation accuracy, averaged over the tuning seeds (default 100; compare's reporting seeds 0,1,2 are
+validation accuracy, averaged over the tuning seeds (default 100; compare's default reporting seeds 0-4 are
 refused). Rerun the same command after a kill: trials the dead process left running run again, and each
 study goes on until ``trials`` trials have finished (complete or pruned); a larger ``trials=`` extends it.
 
@@ -31,9 +31,10 @@ from ..errors import UserError, cli_entry
 from ..logs import setup_console
 from ..registry import METHODS
 from ..tuning.space import build_spaces, format_value
+from .compare import DEFAULT_SEEDS
 
 log = logging.getLogger("nlp_decouple.tune")
-REPORT_SEEDS = {0, 1, 2}  # compare's default seeds: kept unseen by tuning
+REPORT_SEEDS = set(DEFAULT_SEEDS)  # compare's default seeds: kept unseen by tuning
 SET_BY_TUNE = ("method.name", "train.seed", "run_name", "output_dir", "train.resume", "eval.test")
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, SWEEP_METHODS, SWEEP_OVERRIDES, SWEEP_SEEDS, run_sweep
-from nlp_decouple.cli.compare import plan, split_sweep
+from nlp_decouple.cli.compare import parse_args, plan, record_source, split_sweep
 from nlp_decouple.errors import UserError
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
@@ -29,6 +30,11 @@ def test_sweep_trains_every_method_and_seed_with_identical_settings(tiny_sweep):
     assert all(c == first for c in configs.values())  # same data, tokenizer, model size and budget
     assert first["train"]["epochs"] == 2 and first["model"]["hidden_size"] == 16
     assert (tiny_sweep / "report" / "report.md").is_file() and (tiny_sweep / "report" / "report.json").is_file()
+    source = json.loads((tiny_sweep / "bp-seed0" / "source_recipe.json").read_text())
+    assert source == {"recipe": RECIPE, "overrides": SWEEP_OVERRIDES, "tune_provenance": None}
+    report = json.loads((tiny_sweep / "report" / "report.json").read_text())
+    assert report["statistics"]["margin"] == 1.0 and report["statistics"]["comparisons"] == len(SWEEP_METHODS) - 1
+    assert "not the methods" in (tiny_sweep / "report" / "report.md").read_text()  # quickstart is not tuned
 
 
 def test_sweep_resumes_without_retraining_completed_runs(tiny_sweep, train_forks, tmp_path, capsys):
@@ -79,4 +85,24 @@ def test_sweep_arguments_are_checked(overrides, message):
 
 def test_sweep_defaults_and_passthrough():
     methods, seeds, rest = split_sweep(["methods=scpl,al", "train.lr=0.01"])
-    assert methods == ["scpl", "al"] and seeds == [0, 1, 2] and rest == ["train.lr=0.01"]
+    assert methods == ["scpl", "al"] and seeds == [0, 1, 2, 3, 4] and rest == ["train.lr=0.01"]
+
+
+def test_margin_is_checked():
+    assert parse_args(["r.yaml", "--margin", "0.5"]).margin == 0.5 and parse_args(["r.yaml"]).margin == 1.0
+    with pytest.raises(UserError, match="--margin"):
+        parse_args(["r.yaml", "--margin", "-1"])
+
+
+def test_a_tuned_recipes_provenance_goes_into_each_run(tmp_path):
+    from nlp_decouple.tuning.recipe import PROVENANCE_TAG
+
+    provenance = {"study": "scpl", "params": {"train.lr": 0.002}, "tuning_seeds": [100]}
+    recipe = tmp_path / "scpl.yaml"
+    recipe.write_text(f"# tuned\n{PROVENANCE_TAG}{json.dumps(provenance)}\n" + Path(RECIPE).read_text())
+    runs = plan(str(recipe), ["scpl"], [0, 1], SWEEP_OVERRIDES, tmp_path / "sweep")
+    record_source(str(recipe), SWEEP_OVERRIDES, runs)
+    for run in runs:
+        source = json.loads((run.run_dir / "source_recipe.json").read_text())
+        assert source == {"recipe": str(recipe), "overrides": SWEEP_OVERRIDES, "tune_provenance": provenance}
+    assert plan(str(recipe), ["scpl"], [0, 1], SWEEP_OVERRIDES, tmp_path / "sweep")[0].state == "new"
