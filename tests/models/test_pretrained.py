@@ -295,10 +295,11 @@ def test_hub_dropout_follows_train_and_eval_mode(hub):
 
 
 @pytest.mark.parametrize("method", ["scpl", "al", "bp"])
-def test_pipelined_equals_sequential(hub, method):
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "mpnet"])  # and what the first layer hands on
+def test_pipelined_equals_sequential(hub, family, method):
     from tests.engines.test_pipelines import make_batches, pipelined, sequential
 
-    reference = build(hub["roberta"], method, "model.groups=[2,1,1]")
+    reference = build(hub[family], method, "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
     batches = [{**b, "input_ids": b["input_ids"].clamp(max=VOCAB - 1)} for b in make_batches(n=3, t=10)]
     assert pipelined(model, batches) == sequential(reference, batches)
@@ -306,11 +307,12 @@ def test_pipelined_equals_sequential(hub, method):
         assert torch.equal(p, q), n
 
 
-def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "mpnet"])  # a shared table's gradient crosses back
+def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub, family):
     from nlp_decouple.engines import GPipe
     from tests.engines.test_pipelines import CPU, make_batches
 
-    reference = build(hub["distilbert"], "bp", "model.groups=[2,1,1]")
+    reference = build(hub[family], "bp", "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
     gpipe = GPipe(model.stages[0], [CPU, CPU], micro_batches=3, threads_per_partition=1)
     batch = {**make_batches(n=1, t=10)[0]}
@@ -398,6 +400,64 @@ def test_train_cli_two_steps_then_predict_and_the_transformers_pipeline(hub, tmp
     classify = pipeline("text-classification", model=str(run / "best"), device="cpu")
     with torch.no_grad():
         probs = model(**enc).logits.softmax(-1)
+    for got, p in zip(classify(texts), probs):
+        assert got["label"] == model.config.id2label[int(p.argmax())]
+        assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def save_tiny_with_tokenizer(name: str, directory: Path) -> str:
+    """A tiny model beside its own tokenizer, as a checkpoint on the Hub holds both: a WordPiece vocabulary
+    of the synthetic texts with RoBERTa-style specials (pad id 1, as MPNet's embeddings require)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nlp_decouple.data.synthetic import make_synthetic
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(make_synthetic(200, 10)["train"]["text"], trainers.WordPieceTrainer(
+        vocab_size=100, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+    assert fast.pad_token_id == 1 and len(fast) <= VOCAB
+    config = AutoConfig.for_model(MODEL_TYPE.get(name, name), vocab_size=VOCAB, max_position_embeddings=40,
+                                  pad_token_id=1, **TINY[name])
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(directory))
+    fast.save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.mark.parametrize("method", ["bp", "scpl"])
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "modernbert"])
+def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipeline(tmp_path, family, method):
+    from transformers import pipeline
+
+    from nlp_decouple.inference import encoded_batches, load_for_inference
+    from nlp_decouple.trainer import Trainer
+
+    path = save_tiny_with_tokenizer(family, tmp_path / "hub")
+    cfg = load_config(REPO / "recipes" / "quickstart.yaml", [
+        "model.encoder=pretrained", f"model.pretrained={path}", "model.num_layers=null", "tokenizer.train=null",
+        f"method.name={method}",
+        "data.max_length=32", "data.synthetic_train_size=64", "data.synthetic_test_size=16", "eval.probe_samples=16",
+        "train.batch_size=16", "train.max_steps=2", "train.epochs=1", "train.lr=1e-3", f"output_dir={tmp_path}",
+        "run_name=tiny", "train.progress=false"])
+    assert cfg.tokenizer.name == path  # the model's own tokenizer by default
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.groups()[1].parameters()]
+    results = trainer.fit()
+    assert results["steps"] == 2 and results["nonfinite_steps"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.groups()[1].parameters())), "no update"
+
+    texts = ["the team won the match", "the new phone is slow and i do not like it at all"]
+    model, tok = load_for_inference(tmp_path / "tiny" / "best", "cpu")
+    enc = next(encoded_batches(tok, texts, model.config.max_seq_length, 8, model.device))
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    classify = pipeline("text-classification", model=str(tmp_path / "tiny" / "best"), device="cpu")
     for got, p in zip(classify(texts), probs):
         assert got["label"] == model.config.id2label[int(p.argmax())]
         assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
