@@ -79,9 +79,35 @@ class HubLayerBlock(nn.Module):
         return masked_mean(carry.hidden, carry.mask)
 
 
-def with_extras(carry: Carry, **shared: Tensor | None) -> Carry:
-    """``carry`` with what a family's first layer computes for every layer (set ones only)."""
-    return carry.with_(extras={**carry.extras, **{k: v for k, v in shared.items() if v is not None}})
+class SharingLayerBlock(HubLayerBlock):
+    """A layer of a family whose encoder computes something once for all its layers (a relative position
+    table): the first layer's block holds the Hub's encoder module emptied of its layers, computes that
+    (:meth:`shared`) and hands it on in ``carry.extras``. BP trains the encoder's tables from every layer,
+    as the Hub model does; a decoupled method trains them with the first layer's group, and later groups
+    read them detached like the rest of the hand-off."""
+
+    def __init__(self, layer: nn.Module, hub_config, dim: int, pooling: str, encoder: nn.Module | None = None):
+        super().__init__(layer, hub_config, dim, pooling)
+        self.encoder = encoder  # first layer only
+
+    def shared(self, carry: Carry) -> dict[str, Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, carry: Carry) -> Carry:
+        if self.encoder is not None:
+            found = {k: v for k, v in self.shared(carry).items() if v is not None}
+            carry = carry.with_(extras={**carry.extras, **found})
+        return super().forward(carry)
+
+
+def split_sharing(hub: nn.Module, layers: list[nn.Module], pooling: str, layer_block: type[SharingLayerBlock],
+                  embedding_block: type[HubEmbeddingBlock] = HubEmbeddingBlock) -> list[nn.Module]:
+    """The embedding module, then each layer, the first with the encoder (see :class:`SharingLayerBlock`)."""
+    config, dim = hub.config, hub.config.hidden_size
+    encoder = hub.encoder
+    encoder.layer = nn.ModuleList()  # its layers become blocks of their own
+    return [embedding_block(hub.embeddings, config, dim),
+            *(layer_block(layer, config, dim, pooling, encoder if i == 0 else None) for i, layer in enumerate(layers))]
 
 
 def split_bert(hub: nn.Module, layers: list[nn.Module], pooling: str) -> list[nn.Module]:

@@ -3,8 +3,8 @@ module with its blocks and split (see :mod:`.mpnet` for a family whose layers ta
 row here."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
