@@ -121,7 +121,8 @@ SLOW_FIRST = ["tests/engines/test_processes.py::test_two_and_three", "tests/engi
               "tests/cli/test_train.py::test_tiny_transformer", "tests/test_config.py::test_cli_unreachable_hub",
               "tests/cli/test_tune.py::test_tune_resumes", "tests/engines/test_processes.py::test_resume",
               "tests/cli/test_train.py::test_cli_on_ag_news", "tests/losses/test_supcon_gather.py::",
-              "tests/models/test_pretrained.py::test_train_cli", "tests/test_benchmarks.py::test_process_pipeline",
+              "tests/models/test_pretrained.py::test_train_cli", "tests/models/test_pretrained.py::test_a_family_trains",
+              "tests/test_benchmarks.py::test_process_pipeline",
               "tests/cli/test_train.py::test_short_run", "tests/cli/test_train.py::test_best_checkpoint",
               "tests/test_distributed.py::"]
 

@@ -18,7 +18,8 @@ class Carry:
     hidden: Tensor  # (B, T) token ids before the embedding block, then (B, T, d)
     mask: Tensor  # (B, T) bool, True on real tokens
     state: tuple[Tensor, Tensor] | None = None  # LSTM final (h, c), each (2, B, h)
-    extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific, e.g. AL's label side
+    # AL's label side; what a pretrained family's first layer computes for the later ones (models.pretrained)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def detach(self) -> "Carry":
         state = None if self.state is None else (self.state[0].detach(), self.state[1].detach())

@@ -1,7 +1,8 @@
 """Run by tests/engines/test_processes.py in a fresh interpreter: the process pipeline against references.
 
     python tests/engines/_process_check.py equal OUT_DIR      # every decoupled method x both encoders (and AL
-                                                              # on a tiny pretrained BERT); a NaN
+                                                              # on a tiny pretrained BERT, SCPL on a DeBERTa-v3
+                                                              # handing its relative tables on); a NaN
     python tests/engines/_process_check.py resume OUT_DIR     # SIGKILL of one rank, then train.resume=auto
 
 Pipelines run under ``accelerate.debug_launcher`` (gloo, forked children); the sequential references run
@@ -84,26 +85,32 @@ def same(a: dict, b: dict, what: str) -> None:
         assert torch.equal(a["weights"][key], b["weights"][key]), f"{what}: {key} differs"
 
 
-TINY_BERT = ("from transformers import AutoConfig, AutoModel; import torch, sys; torch.manual_seed(0); "
-             "AutoModel.from_config(AutoConfig.for_model('bert', vocab_size=120, max_position_embeddings=40, "
-             "pad_token_id=0, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64))"
+TINY = {  # model_type -> its config beyond the shared sizes; DeBERTa-v3's hands its relative tables on
+    "bert": "",
+    "deberta-v2": ", relative_attention=True, pos_att_type=['p2c', 'c2p'], position_buckets=8, "
+                  "max_relative_positions=40, norm_rel_ebd='layer_norm', share_att_key=True, position_biased_input=False",
+}
+SAVE_TINY = ("from transformers import AutoConfig, AutoModel; import torch, sys; torch.manual_seed(0); "
+             "AutoModel.from_config(AutoConfig.for_model('{0}', vocab_size=120, max_position_embeddings=40, "
+             "pad_token_id=0, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64{1}))"
              ".save_pretrained(sys.argv[1])")
 
 
-def pretrained(out: Path) -> tuple[str, ...]:
-    """A pretrained-encoder case: a tiny random BERT saved by another process (no torch work here)."""
-    path = out / "tiny-bert"
+def pretrained(out: Path, method: str, model_type: str, layers: str = "null") -> tuple[str, ...]:
+    """A pretrained-encoder case: a tiny random Hub model saved by another process (no torch work here)."""
+    path = out / f"tiny-{model_type}"
     if not path.is_dir():
-        subprocess.run([sys.executable, "-c", TINY_BERT, str(path)], check=True)
+        subprocess.run([sys.executable, "-c", SAVE_TINY.format(model_type, TINY[model_type]), str(path)], check=True)
     # a word vocabulary: WordPiece training is not repeatable across processes (its ties fall differently)
-    return ("al", "pretrained", f"model.pretrained={path}", "model.num_layers=null", "tokenizer.train=word",
+    return (method, "pretrained", f"model.pretrained={path}", f"model.num_layers={layers}", "tokenizer.train=word",
             "tokenizer.vocab_size=100")
 
 
 def equal(out: Path) -> None:
     # every launch before any work here: a child forked after this process built an Accelerator would
     # inherit its one-process state
-    cases = [*CASES, pretrained(out)]
+    # (the DeBERTa case runs the [2,1] layout: layer 1's rank hands the tables to layer 2's)
+    cases = [*CASES, pretrained(out, "al", "bert"), pretrained(out, "scpl", "deberta-v2", layers="2")]
     debug_launcher(lambda: pipelines(out, cases, 2), num_processes=2)
     # a stage per rank; the LSTM's final (h, c) handed on with the hidden states, across both rank cuts
     debug_launcher(lambda: pipelines(out / "three", [(*CASES[0], HANDOFF)], 3), num_processes=3)

@@ -1,5 +1,6 @@
-"""Pretrained Hub encoders cut into blocks: tiny random BERT, RoBERTa, DistilBERT (and ELECTRA) models saved to
-a temp folder, checked against the plain ``AutoModel``; one test on the real shared MiniLM."""
+"""Pretrained Hub encoders cut into blocks: tiny random BERT, RoBERTa, DistilBERT, DeBERTa-v2/v3, MPNet and
+ModernBERT (and ELECTRA) models saved to a temp folder, checked against the plain ``AutoModel``; one test on
+the real shared MiniLM."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,25 +20,44 @@ from nlp_decouple.classifier import StagedClassifier
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
 from nlp_decouple.models import HubEmbeddingBlock, HubLayerBlock, masked_mean
+from nlp_decouple.models.pretrained import FAMILIES as HUB_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, PAD, CLASSES, MAXLEN, LAYERS = 120, 0, 4, 24, 3
 DECOUPLED = ["scpl", "early_exit", "deinforeg", "al"]
-FAMILIES = ["bert", "roberta", "distilbert"]
+FAMILIES = ["bert", "roberta", "distilbert", "deberta-v2", "mpnet", "modernbert"]
 TINY = {  # a few layers, hidden 32; pad id 0 = the [PAD] of a trained tokenizer (RoBERTa counts positions by it)
     "bert": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64),
     "roberta": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64),
     "electra": dict(embedding_size=16, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
                     intermediate_size=64),
     "distilbert": dict(dim=32, n_layers=LAYERS, n_heads=2, hidden_dim=64),
+    # DeBERTa-v3's settings (relative attention both ways, log buckets, shared keys, no absolute positions)
+    "deberta-v2": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64,
+                       relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                       max_relative_positions=40, norm_rel_ebd="layer_norm", share_att_key=True,
+                       position_biased_input=False),
+    # DeBERTa-v2 xlarge's: a convolution after the first layer, absolute positions too
+    "deberta-v2-conv": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64,
+                            relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                            max_relative_positions=40, norm_rel_ebd="layer_norm", conv_kernel_size=3, conv_act="gelu"),
+    "mpnet": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64),
+    # global, local, global attention; a window of 2 tokens each side, shorter than the texts
+    "modernbert": dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64,
+                       local_attention=4, global_attn_every_n_layers=2, bos_token_id=2, eos_token_id=3,
+                       cls_token_id=2, sep_token_id=3),
     "albert": dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
 }
 
 
-def save_tiny(model_type: str, directory) -> str:
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, max_position_embeddings=40, pad_token_id=PAD,
-                                  **TINY[model_type])
+MODEL_TYPE = {"deberta-v2-conv": "deberta-v2"}
+PADS = {"mpnet": 1}  # MPNet's embeddings number positions from padding id 1, whatever the config says
+
+
+def save_tiny(name: str, directory) -> str:
+    config = AutoConfig.for_model(MODEL_TYPE.get(name, name), vocab_size=VOCAB, max_position_embeddings=40,
+                                  pad_token_id=PADS.get(name, PAD), **TINY[name])
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(str(directory))
     return str(directory)
@@ -45,24 +66,28 @@ def save_tiny(model_type: str, directory) -> str:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hub")
-    return {t: save_tiny(t, root / t) for t in [*FAMILIES, "electra"]}
+    return {t: save_tiny(t, root / t) for t in [*FAMILIES, "electra", "deberta-v2-conv"]}
 
 
 def build(path: str, method: str = "bp", *extra: str) -> StagedClassifier:
     cfg = load_config(None, ["model.encoder=pretrained", f"model.pretrained={path}", "model.dropout=0",
                              f"method.name={method}", *extra])
     torch.manual_seed(0)
-    return StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN)
+    return StagedClassifier.from_config(cfg, VOCAB, pad_of(path), CLASSES, MAXLEN)
 
 
-def batch(b: int = 8, t: int = 11):
+def pad_of(path: str) -> int:
+    return json.loads((Path(path) / "config.json").read_text())["pad_token_id"]
+
+
+def batch(b: int = 8, t: int = 11, pad: int = PAD):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, VOCAB, (b, t), generator=g)
     lengths = torch.randint(3, t + 1, (b,), generator=g)
     lengths[0] = t  # one text fills the batch: no all-padding column
     mask = torch.arange(t)[None] < lengths[:, None]
     labels = torch.arange(b) % CLASSES  # every class twice: SupCon has positives
-    return ids.masked_fill(~mask, PAD), mask, labels
+    return ids.masked_fill(~mask, pad), mask, labels
 
 
 # ------------------------------------------------------------------------------------------ cutting
@@ -71,16 +96,20 @@ def batch(b: int = 8, t: int = 11):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_embedding_and_each_layer_become_blocks(hub, family):
     plain = AutoModel.from_pretrained(hub[family])
-    layers = plain.transformer.layer if family == "distilbert" else plain.encoder.layer
+    layers = plain.get_submodule(HUB_FAMILIES[family].layers)
     model = build(hub[family], "scpl")  # num_layers null: every layer, one block per group
     blocks = [g.blocks[0] for g in model.groups()]
     assert len(blocks) == LAYERS + 1
     assert isinstance(blocks[0], HubEmbeddingBlock) and all(isinstance(b, HubLayerBlock) for b in blocks[1:])
-    assert model.embedding is blocks[0].embeddings.word_embeddings
+    assert type(blocks[0].embeddings) is type(plain.embeddings)
+    assert torch.equal(model.embedding.weight, plain.get_input_embeddings().weight)
     for block, layer in zip(blocks[1:], layers):  # the Hub's own modules with its weights
         assert type(block.layer) is type(layer)
         for (n, p), (_, q) in zip(block.layer.named_parameters(), layer.named_parameters()):
             assert torch.equal(p, q), n
+    # every Hub parameter but the unused pooler's is in exactly one block
+    ours = {hub_name(i, n, family) for i, b in enumerate(blocks) for n, _ in b.named_parameters()}
+    assert ours == {n for n, _ in plain.named_parameters() if not n.startswith("pooler.")}
 
     first_two = build(hub[family], "early_exit", "model.num_layers=2", "model.groups=[2,1]")
     assert [len(g.blocks) for g in first_two.groups()] == [2, 1]
@@ -140,7 +169,7 @@ def test_tokenizer_and_length_must_fit_the_model(hub):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padding_does_not_change_a_texts_pooled_vectors(hub, family, pooling):
     model = build(hub[family], "scpl", f"model.pooling={pooling}").eval()
-    ids, mask, labels = batch()
+    ids, mask, labels = batch(pad=pad_of(hub[family]))
     with torch.no_grad():
         padded = [p for out in model.run(ids, mask, return_pooled=True) for p in out.pooled]
         for i in range(len(ids)):
@@ -154,25 +183,62 @@ def test_padding_does_not_change_a_texts_pooled_vectors(hub, family, pooling):
 # ------------------------------------------------------------------------------------------ BP
 
 
+def hub_name(index: int, name: str, family: str = "bert") -> str:
+    """The Hub model's name of parameter ``name`` of block ``index`` (block 0: the embedding block)."""
+    part, _, rest = name.partition(".")
+    if part == "layer":
+        return f"{HUB_FAMILIES[family].layers}.{index - 1}.{rest}"
+    return f"embeddings_project.{rest}" if part == "project" else name  # embeddings, encoder, final_norm
+
+
+def plain_model(path: str, family: str, **config) -> torch.nn.Module:
+    """The Hub model as AutoModel loads it, without dropout (as model.dropout=0 builds ours)."""
+    no_dropout = {k: 0.0 for k in HUB_FAMILIES[MODEL_TYPE.get(family, family)].dropout}
+    return AutoModel.from_pretrained(path, **no_dropout, **config)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-@pytest.mark.parametrize("family", [*FAMILIES, "electra"])
+@pytest.mark.parametrize("family", [*FAMILIES, "electra", "deberta-v2-conv"])
 def test_bp_equals_a_plain_automodel_forward_and_the_same_head(hub, family, pooling):
     model = build(hub[family], "bp", f"model.pooling={pooling}")  # model.dropout=0
-    no_dropout = (dict(dropout=0.0, attention_dropout=0.0) if family == "distilbert" else
-                  dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    plain = AutoModel.from_pretrained(hub[family], **no_dropout)
-    ids, mask, labels = batch()
+    plain = plain_model(hub[family], family)
+    ids, mask, labels = batch(pad=pad_of(hub[family]))  # texts of several lengths: padding in the batch
     head = model.stages[0].head.classifier
     for train in (False, True):  # dropout is 0: training and evaluation forwards agree too
         model.train(train), plain.train(train)
         hidden = plain(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         pooled = hidden[:, 0] if pooling == "cls" else masked_mean(hidden, mask)
-        (out,) = model.run(ids, mask, labels)
+        (out,) = model.run(ids, mask, labels, return_pooled=True)
+        torch.testing.assert_close(out.pooled[-1], pooled, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.logits, head(pooled), rtol=1e-5, atol=1e-5)
-    # BP is full fine-tuning: its loss reaches the embedding module and every layer
+    # BP is full fine-tuning: its loss reaches the embedding module and every layer, with the Hub model's
+    # own gradients (tables shared by all layers, as MPNet's and DeBERTa's, summed over them)
     out.loss.backward()
+    torch.nn.functional.cross_entropy(head(pooled), labels).backward()
+    expected = dict(plain.named_parameters())
+    blocks = [b for g in model.groups() for b in g.blocks]
+    for i, block in enumerate(blocks):
+        for n, p in block.named_parameters():
+            q = expected[hub_name(i, n, MODEL_TYPE.get(family, family))]
+            assert p.grad is not None, n
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=f"block {i}: {n}")
     assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0
                for n, p in model.named_parameters() if "token_type" not in n), "a parameter got no gradient"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_first_layers_equal_the_hub_model_cut_to_them(hub, family):
+    """Keeping 2 of 3 layers is the Hub model with 2 layers (ModernBERT: its final norm after the second)."""
+    model = build(hub[family], "bp", "model.num_layers=2").eval()
+    types = getattr(AutoConfig.from_pretrained(hub[family]), "layer_types", None)
+    cut = {"layer_types": types[:2]} if types else {}  # ModernBERT's config lists every layer's attention
+    plain = plain_model(hub[family], family, num_hidden_layers=2, **cut).eval()
+    assert len(plain.get_submodule(HUB_FAMILIES[family].layers)) == 2
+    ids, mask, labels = batch(pad=pad_of(hub[family]))
+    with torch.no_grad():
+        (out,) = model.run(ids, mask, labels, return_pooled=True)
+        hidden = plain(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(out.pooled[-1], masked_mean(hidden, mask), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ cuts
@@ -190,7 +256,7 @@ def has_signal(module: torch.nn.Module) -> bool:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_stage_loss_reaches_only_that_stage(hub, family, method):
     model = build(hub[family], method, "model.groups=[2,1,1]")  # embedding + layer 1 | layer 2 | layer 3
-    ids, mask, labels = batch()
+    ids, mask, labels = batch(pad=pad_of(hub[family]))
     for j in range(len(model.stages)):
         model.zero_grad(set_to_none=True)
         losses = [out.loss for out in model.iter_stages(ids, mask, labels)]
@@ -229,10 +295,11 @@ def test_hub_dropout_follows_train_and_eval_mode(hub):
 
 
 @pytest.mark.parametrize("method", ["scpl", "al", "bp"])
-def test_pipelined_equals_sequential(hub, method):
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "mpnet"])  # and what the first layer hands on
+def test_pipelined_equals_sequential(hub, family, method):
     from tests.engines.test_pipelines import make_batches, pipelined, sequential
 
-    reference = build(hub["roberta"], method, "model.groups=[2,1,1]")
+    reference = build(hub[family], method, "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
     batches = [{**b, "input_ids": b["input_ids"].clamp(max=VOCAB - 1)} for b in make_batches(n=3, t=10)]
     assert pipelined(model, batches) == sequential(reference, batches)
@@ -240,11 +307,12 @@ def test_pipelined_equals_sequential(hub, method):
         assert torch.equal(p, q), n
 
 
-def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "mpnet"])  # a shared table's gradient crosses back
+def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub, family):
     from nlp_decouple.engines import GPipe
     from tests.engines.test_pipelines import CPU, make_batches
 
-    reference = build(hub["distilbert"], "bp", "model.groups=[2,1,1]")
+    reference = build(hub[family], "bp", "model.groups=[2,1,1]")
     model = copy.deepcopy(reference)
     gpipe = GPipe(model.stages[0], [CPU, CPU], micro_batches=3, threads_per_partition=1)
     batch = {**make_batches(n=1, t=10)[0]}
@@ -260,7 +328,7 @@ def test_gpipe_bp_gives_the_gradients_of_plain_bp(hub):
 
 
 @pytest.mark.parametrize("method", ["bp", *DECOUPLED])
-@pytest.mark.parametrize("family", [*FAMILIES, "electra"])
+@pytest.mark.parametrize("family", [*FAMILIES, "electra", "deberta-v2-conv"])
 def test_saved_model_loads_from_its_directory_alone_with_identical_logits(hub, tmp_path, family, method):
     from transformers import AutoModelForSequenceClassification
 
@@ -270,17 +338,18 @@ def test_saved_model_loads_from_its_directory_alone_with_identical_logits(hub, t
     cfg = load_config(None, ["model.encoder=pretrained", f"model.pretrained={source}", f"method.name={method}",
                              "model.num_layers=2", "method.projection=mlp_bn"])
     torch.manual_seed(0)
-    model = StagedClassifier.from_config(cfg, VOCAB, PAD, CLASSES, MAXLEN)
-    ids, mask, labels = batch()
+    pad = pad_of(source)
+    model = StagedClassifier.from_config(cfg, VOCAB, pad, CLASSES, MAXLEN)
+    ids, mask, labels = batch(pad=pad)
     with torch.no_grad():
         model.train().run(ids, mask, labels)  # non-trivial BatchNorm statistics
     model.eval()
-    wrapped = DecoupledForSequenceClassification.from_staged(model, cfg, VOCAB, PAD, MAXLEN, list("abcd"))
+    wrapped = DecoupledForSequenceClassification.from_staged(model, cfg, VOCAB, pad, MAXLEN, list("abcd"))
     wrapped.save_pretrained(str(tmp_path / "saved"))
     shutil.rmtree(source)  # neither the original weights nor the Hub are needed to load it
 
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
-    assert saved["pretrained_config"]["model_type"] == family and saved["encoder"]["num_layers"] == 2
+    assert saved["pretrained_config"]["model_type"] == MODEL_TYPE.get(family, family) and saved["encoder"]["num_layers"] == 2
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved")).eval()
     with torch.no_grad():
         expected = model.run(ids, mask)
@@ -331,6 +400,64 @@ def test_train_cli_two_steps_then_predict_and_the_transformers_pipeline(hub, tmp
     classify = pipeline("text-classification", model=str(run / "best"), device="cpu")
     with torch.no_grad():
         probs = model(**enc).logits.softmax(-1)
+    for got, p in zip(classify(texts), probs):
+        assert got["label"] == model.config.id2label[int(p.argmax())]
+        assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def save_tiny_with_tokenizer(name: str, directory: Path) -> str:
+    """A tiny model beside its own tokenizer, as a checkpoint on the Hub holds both: a WordPiece vocabulary
+    of the synthetic texts with RoBERTa-style specials (pad id 1, as MPNet's embeddings require)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nlp_decouple.data.synthetic import make_synthetic
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(make_synthetic(200, 10)["train"]["text"], trainers.WordPieceTrainer(
+        vocab_size=100, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+    assert fast.pad_token_id == 1 and len(fast) <= VOCAB
+    config = AutoConfig.for_model(MODEL_TYPE.get(name, name), vocab_size=VOCAB, max_position_embeddings=40,
+                                  pad_token_id=1, **TINY[name])
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(directory))
+    fast.save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.mark.parametrize("method", ["bp", "scpl"])
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "modernbert"])
+def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipeline(tmp_path, family, method):
+    from transformers import pipeline
+
+    from nlp_decouple.inference import encoded_batches, load_for_inference
+    from nlp_decouple.trainer import Trainer
+
+    path = save_tiny_with_tokenizer(family, tmp_path / "hub")
+    cfg = load_config(REPO / "recipes" / "quickstart.yaml", [
+        "model.encoder=pretrained", f"model.pretrained={path}", "model.num_layers=null", "tokenizer.train=null",
+        f"method.name={method}",
+        "data.max_length=32", "data.synthetic_train_size=64", "data.synthetic_test_size=16", "eval.probe_samples=16",
+        "train.batch_size=16", "train.max_steps=2", "train.epochs=1", "train.lr=1e-3", f"output_dir={tmp_path}",
+        "run_name=tiny", "train.progress=false"])
+    assert cfg.tokenizer.name == path  # the model's own tokenizer by default
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.groups()[1].parameters()]
+    results = trainer.fit()
+    assert results["steps"] == 2 and results["nonfinite_steps"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.groups()[1].parameters())), "no update"
+
+    texts = ["the team won the match", "the new phone is slow and i do not like it at all"]
+    model, tok = load_for_inference(tmp_path / "tiny" / "best", "cpu")
+    enc = next(encoded_batches(tok, texts, model.config.max_seq_length, 8, model.device))
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    classify = pipeline("text-classification", model=str(tmp_path / "tiny" / "best"), device="cpu")
     for got, p in zip(classify(texts), probs):
         assert got["label"] == model.config.id2label[int(p.argmax())]
         assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
