@@ -57,7 +57,7 @@ class ModelConfig:
     encoder: Literal["transformer", "lstm", "pretrained"] = "transformer"
     # encoder blocks after the embedding block; null: 3 (transformer, lstm) or every layer of `pretrained`
     num_layers: int | None = None
-    pretrained: str | None = None  # encoder=pretrained: Hub id or local directory of a BERT-layout/DistilBERT model
+    pretrained: str | None = None  # encoder=pretrained: Hub id or local directory (BERT layout, DistilBERT, DeBERTa-v2/v3, MPNet, ModernBERT)
     hidden_size: int = 300  # Transformer d_model / LSTM units per direction
     embed_dim: int | None = None  # default: hidden_size
     num_heads: int = 6
