@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
+from .card import write_model_card
 from .config import Config, flatten, group_sizes, run_identity, save_config
 from .data import build_loaders, load_text_data, tokenize_splits
 from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
+from .extras import require_trackers
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
 from .models import load_word_vectors
@@ -66,6 +68,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg, t = cfg, cfg.train
         self.run_dir = cfg.run_dir()
+        require_trackers(t.log_with)
         self.accelerator = acc = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu, log_with=t.log_with or None,
                                              project_dir=str(self.run_dir), kwargs_handlers=[wait_limit(t.timeout_s)])
         check_launch(acc, t.num_processes)
@@ -133,7 +136,7 @@ class Trainer:
         finally:
             self.engine.close()
         if acc.is_main_process:
-            self._save_weights("last")
+            self._save_weights("last", state.history[-1])
         results = build_results(state, cfg, device=acc.device, num_processes=acc.num_processes,
                                 num_parameters=count_parameters(self.model), label_names=self.data.label_names,
                                 data_stats=self.data.stats, word_vector_coverage=self.word_vector_coverage)
@@ -227,7 +230,7 @@ class Trainer:
             log.info("epoch %d: val acc %.4f%s (%.1fs)%s", state.epoch, row["validation"]["accuracy"], test_text,
                      row["epoch_time_s"], "  * best" if improved else "")
             if improved:
-                self._save_weights("best", outs.get("test"), state.epoch)
+                self._save_weights("best", row, outs.get("test"))
         if cfg.train.log_with:
             acc.log({f"{split}/accuracy": row[split]["accuracy"] for split in ("validation", "test") if row[split]},
                     step=state.step)
@@ -247,12 +250,14 @@ class Trainer:
         saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume, self._identity())
         return None if saved is None else TrainState.from_dict(saved)
 
-    def _save_weights(self, tag: str, test=None, epoch: int | None = None) -> None:
-        """The model in Hugging Face form (config.json, model.safetensors, tokenizer): see nlp_decouple.hf;
-        with ``test`` outputs, also that epoch's per-example test predictions (paired comparisons in reports)."""
+    def _save_weights(self, tag: str, row: dict, test=None) -> None:
+        """The model in Hugging Face form (config.json, model.safetensors, tokenizer; nlp_decouple.hf) with a
+        model card of ``row``'s epoch; with ``test`` outputs, also that epoch's per-example test predictions
+        (paired comparisons in reports)."""
         tok = self.tokenizer
         hf_model = DecoupledForSequenceClassification.from_staged(
             self.model, self.cfg, len(tok), tok.pad_token_id, self.data.max_length, self.data.label_names)
         save_model_dir(hf_model, tok, self.run_dir / tag)
+        write_model_card(self.run_dir / tag, self.cfg, self.data, row, tag)
         if test is not None:
-            write_predictions(self.run_dir / "test_predictions.json", test, epoch)
+            write_predictions(self.run_dir / "test_predictions.json", test, row["epoch"])
