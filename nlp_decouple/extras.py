@@ -21,6 +21,12 @@ def require(module: str, needed_by: str) -> ModuleType:
                         ) from None
 
 
+def require_report(needed_by: str) -> None:
+    """The report's plotting and statistics libraries are installed."""
+    for module in ("matplotlib", "scipy"):
+        require(module, needed_by)
+
+
 def require_trackers(log_with: list[str]) -> None:
     """The experiment trackers of ``train.log_with`` that an extra provides are installed (Accelerate's
     TensorBoard tracker also takes tensorboardX)."""

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from .errors import UserError
+from .extras import require
 from .registry import METHODS, method_order
 from .stats import paired_bootstrap, percentile_interval, t_interval, verdict
 
@@ -309,8 +310,7 @@ def write_markdown(out: Path, title: str, rows: list[dict], runs: list[Run], plo
 # ---------------------------------------------------------------- plots
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

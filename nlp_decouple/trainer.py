@@ -64,6 +64,15 @@ def wait_limit(seconds: float) -> InitProcessGroupKwargs:
     return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
 
 
+def end_process_group() -> None:
+    """After this process's last run: end the process group a multi-process launch made. A run leaves it
+    up, so that further runs in the process (compare under a launcher, tune's trials) reuse Accelerate's
+    process-wide state as it is."""
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg, t = cfg, cfg.train
@@ -142,7 +151,8 @@ class Trainer:
                                 data_stats=self.data.stats, word_vector_coverage=self.word_vector_coverage)
         if acc.is_main_process:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        acc.end_training()
+        for tracker in acc.trackers:  # not end_training(): the process group outlives the run (end_process_group)
+            tracker.finish()
         return results
 
     def _out_of_steps(self, state: TrainState) -> bool:
