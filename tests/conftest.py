@@ -123,7 +123,8 @@ SLOW_FIRST = ["tests/engines/test_processes.py::test_two_and_three", "tests/engi
               "tests/cli/test_train.py::test_cli_on_ag_news", "tests/losses/test_supcon_gather.py::",
               "tests/models/test_pretrained.py::test_train_cli", "tests/test_benchmarks.py::test_process_pipeline",
               "tests/cli/test_train.py::test_short_run", "tests/cli/test_train.py::test_best_checkpoint",
-              "tests/test_distributed.py::"]
+              "tests/test_distributed.py::", "tests/test_extras.py::test_train_evaluate_and_predict",
+              "tests/test_card.py::"]
 
 
 def _slow_rank(nodeid: str) -> int:
