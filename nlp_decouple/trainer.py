@@ -15,6 +15,7 @@ import math
 import os
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,12 +23,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .card import write_model_card
 from .config import Config, flatten, group_sizes, run_identity, save_config
-from .data import build_loaders, load_text_data, tokenize_splits
+from .data import TextData, build_loaders, load_text_data, tokenize_splits
 from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
 from .extras import require_trackers
@@ -71,6 +73,16 @@ def end_process_group() -> None:
     from accelerate import PartialState
 
     PartialState().destroy_process_group()
+
+
+def save_model(directory: Path, tag: str, model: StagedClassifier, cfg: Config, tok: PreTrainedTokenizerBase,
+               data: TextData, row: dict) -> None:
+    """The model in Hugging Face form (config.json, model.safetensors, tokenizer: nlp_decouple.hf) with the
+    model card of ``row``'s epoch (nlp_decouple.card); ``tag``: best or last."""
+    hf_model = DecoupledForSequenceClassification.from_staged(model, cfg, len(tok), tok.pad_token_id, data.max_length,
+                                                              data.label_names)
+    save_model_dir(hf_model, tok, directory)
+    write_model_card(directory, cfg, data, row, tag)
 
 
 class Trainer:
@@ -261,13 +273,8 @@ class Trainer:
         return None if saved is None else TrainState.from_dict(saved)
 
     def _save_weights(self, tag: str, row: dict, test=None) -> None:
-        """The model in Hugging Face form (config.json, model.safetensors, tokenizer; nlp_decouple.hf) with a
-        model card of ``row``'s epoch; with ``test`` outputs, also that epoch's per-example test predictions
-        (paired comparisons in reports)."""
-        tok = self.tokenizer
-        hf_model = DecoupledForSequenceClassification.from_staged(
-            self.model, self.cfg, len(tok), tok.pad_token_id, self.data.max_length, self.data.label_names)
-        save_model_dir(hf_model, tok, self.run_dir / tag)
-        write_model_card(self.run_dir / tag, self.cfg, self.data, row, tag)
+        """``RUN_DIR/tag``: the model of ``row``'s epoch (save_model); with ``test`` outputs, also that epoch's
+        per-example test predictions (paired comparisons in reports)."""
+        save_model(self.run_dir / tag, tag, self.model, self.cfg, self.tokenizer, self.data, row)
         if test is not None:
             write_predictions(self.run_dir / "test_predictions.json", test, row["epoch"])
