@@ -6,7 +6,10 @@ inference path, and adaptive early exit for methods with exits.
     model = DecoupledForSequenceClassification.from_pretrained("runs/agnews-.../best")
 
 ``import nlp_decouple.hf`` also registers the classes with the Auto* factories, so
-``AutoModelForSequenceClassification.from_pretrained(dir)`` works too.
+``AutoModelForSequenceClassification.from_pretrained(dir)`` and ``transformers.pipeline`` work too. A text
+longer than the model's length is cut inside the model as the tokenizer cuts it in training (its first
+tokens and its closing special tokens), so a pipeline called without ``truncation=True`` sees what
+``nlp-decouple predict`` sees.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .config import Config, MethodConfig, ModelConfig, _build
 from .errors import UserError
 from .registry import METHODS
+from .tokenization import truncation_layout
 from .classifier import StagedClassifier
 from .models.blocks import EmbeddingBlock, sinusoidal_table
 from .models.pretrained import HubEmbeddingBlock, reset_index_buffers
@@ -31,14 +35,16 @@ from .models.pretrained import HubEmbeddingBlock, reset_index_buffers
 
 class DecoupledTextConfig(PretrainedConfig):
     """The encoder (``encoder``: ModelConfig fields) and the method (``method``: MethodConfig fields) as
-    plain dicts, plus the vocabulary size, padding id, sequence length, label names and, for a pretrained
-    encoder, the inner Hub model's config (``pretrained_config``)."""
+    plain dicts, plus the vocabulary size, padding id, sequence length, label names, how the tokenizer cuts
+    a longer text (``truncation``: its side and the special tokens it puts before and after a text, e.g.
+    BERT's ``[CLS] ... [SEP]``: right, 1, 1) and, for a pretrained encoder, the inner Hub model's config
+    (``pretrained_config``)."""
 
     model_type = "nlp_decouple"
 
     def __init__(self, encoder: dict | None = None, method: dict | None = None, vocab_size: int = 0,
                  pad_token_id: int = 0, max_seq_length: int = 128, pretrained_config: dict | None = None,
-                 **kwargs):
+                 truncation: dict | None = None, **kwargs):
         self.encoder = dict(encoder or {})
         self.method = dict(method or {})
         # encoder=pretrained: the inner Hub model's config (only the layers kept), so loading builds it
@@ -46,6 +52,7 @@ class DecoupledTextConfig(PretrainedConfig):
         self.pretrained_config = pretrained_config
         self.vocab_size = vocab_size
         self.max_seq_length = max_seq_length
+        self.truncation = truncation  # None (saved before it was recorded): texts are not cut
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     def run_config(self) -> Config:
@@ -105,15 +112,26 @@ class DecoupledForSequenceClassification(PreTrainedModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 **kwargs) -> SequenceClassifierOutput:
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.config.pad_token_id)
+        input_ids, attention_mask = self.fit_length(input_ids, attention_mask)
         logits = self.staged(input_ids, attention_mask)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def fit_length(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The inputs as training saw them: texts longer than ``max_seq_length`` tokens cut as the tokenizer
+        cuts them (see ``cut_like_tokenizer``); a missing mask read from the padding id."""
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        cut, length = self.config.truncation, self.config.max_seq_length
+        if cut is None or input_ids.shape[1] <= length:
+            return input_ids, attention_mask
+        head = length - cut["after"] if cut["side"] == "right" else cut["before"]
+        return cut_like_tokenizer(input_ids, attention_mask, length, head)
+
     @torch.no_grad()
     def exit_logits(self, input_ids: Tensor, attention_mask: Tensor) -> dict[int, Tensor]:
         """Logits of every exit the method has (group index -> (N, C)); the last one is the prediction."""
+        input_ids, attention_mask = self.fit_length(input_ids, attention_mask)
         outs = self.staged.run(input_ids, attention_mask)
         return {g: out.logits for g, out in zip(self.exit_groups, outs) if out.logits is not None}
 
@@ -123,6 +141,7 @@ class DecoupledForSequenceClassification(PreTrainedModel):
         """Stage by stage: a text is answered by the first exit whose top probability reaches
         ``threshold`` (the last exit answers the rest); stages stop running once every text of the batch
         has answered, so confident batches skip the upper groups. ``None``: the final exit answers all."""
+        input_ids, attention_mask = self.fit_length(input_ids, attention_mask)
         n = input_ids.shape[0]
         probs = torch.zeros(n, self.config.num_labels, device=input_ids.device)
         group = torch.full((n,), -1, dtype=torch.long, device=input_ids.device)
@@ -148,8 +167,26 @@ class DecoupledForSequenceClassification(PreTrainedModel):
         return len(self.exit_groups) > 1 and METHODS[self.config.method["name"]].has_exits
 
 
+def cut_like_tokenizer(input_ids: Tensor, attention_mask: Tensor, length: int, head: int) -> tuple[Tensor, Tensor]:
+    """(N, T) inputs, T > ``length``, to (N, length): a text of more than ``length`` real tokens keeps its
+    first ``head`` and its last ``length - head`` of them, which is what the tokenizer's truncation keeps
+    (right side: the opening specials and the text's start, then the closing specials); shorter texts are
+    kept whole. Padding may be on either side; the result is padded on the right."""
+    mask = attention_mask.bool()
+    order = torch.argsort((~mask).int(), dim=1, stable=True)  # each row's real tokens first, in order
+    ids, mask = input_ids.gather(1, order), mask.gather(1, order)
+    real = mask.sum(1, keepdim=True)
+    j = torch.arange(length, device=ids.device).expand(ids.shape[0], -1)
+    source = torch.where((real > length) & (j >= head), real - length + j, j)
+    return ids.gather(1, source), mask.gather(1, source)
+
+
 def save_model_dir(model: DecoupledForSequenceClassification, tokenizer: PreTrainedTokenizerBase,
                    directory: Path) -> None:
+    """The model and its tokenizer, which is saved with the model's length as ``model_max_length`` (so
+    ``truncation=True`` cuts where training did); the model records how that tokenizer cuts a text."""
+    model.config.truncation = truncation_layout(tokenizer)
+    tokenizer.model_max_length = model.config.max_seq_length
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .extras import require
 from .report_data import Group, MethodRow
 
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -69,3 +69,12 @@ def build_tokenizer(cfg: TokenizerConfig, train_texts: Iterable[str] | None) -> 
 
 def save_tokenizer(tok: PreTrainedTokenizerBase, directory: Path) -> None:
     tok.save_pretrained(str(directory))
+
+
+def truncation_layout(tok: PreTrainedTokenizerBase) -> dict:
+    """How ``tok`` cuts a long text: the side it drops tokens from and the special tokens it puts before
+    and after a single text (found by encoding one with and without them)."""
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    before = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    return {"side": tok.truncation_side, "before": before, "after": len(full) - len(plain) - before}

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,13 +23,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
+from .card import write_model_card
 from .config import Config, flatten, group_sizes, run_identity, save_config
-from .data import build_loaders, draw_probe_set, load_text_data, tokenize_splits
+from .data import TextData, build_loaders, draw_probe_set, load_text_data, tokenize_splits
 from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
+from .extras import require_trackers
 from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
 from .models import load_word_vectors
@@ -62,10 +66,30 @@ def wait_limit(seconds: float) -> InitProcessGroupKwargs:
     return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
 
 
+def end_process_group() -> None:
+    """After this process's last run: end the process group a multi-process launch made. A run leaves it
+    up, so that further runs in the process (compare under a launcher, tune's trials) reuse Accelerate's
+    process-wide state as it is."""
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
+
+
+def save_model(directory: Path, tag: str, model: StagedClassifier, cfg: Config, tok: PreTrainedTokenizerBase,
+               data: TextData, row: dict) -> None:
+    """The model in Hugging Face form (config.json, model.safetensors, tokenizer: nlp_decouple.hf) with the
+    model card of ``row``'s epoch (nlp_decouple.card); ``tag``: best or last."""
+    hf_model = DecoupledForSequenceClassification.from_staged(model, cfg, len(tok), tok.pad_token_id, data.max_length,
+                                                              data.label_names)
+    save_model_dir(hf_model, tok, directory)
+    write_model_card(directory, cfg, data, row, tag)
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg, t = cfg, cfg.train
         self.run_dir = cfg.run_dir()
+        require_trackers(t.log_with)
         self.accelerator = acc = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu, log_with=t.log_with or None,
                                              project_dir=str(self.run_dir), kwargs_handlers=[wait_limit(t.timeout_s)])
         check_launch(acc, t.num_processes)
@@ -136,14 +160,15 @@ class Trainer:
         finally:
             self.engine.close()
         if acc.is_main_process:
-            self._save_weights("last")
+            self._save_weights("last", state.history[-1])
         results = build_results(state, cfg, device=acc.device, num_processes=acc.num_processes,
                                 num_parameters=count_parameters(self.model), label_names=self.data.label_names,
                                 data_stats=self.data.stats, probe_set=self.probe.stats(),
                                 word_vector_coverage=self.word_vector_coverage)
         if acc.is_main_process:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        acc.end_training()
+        for tracker in acc.trackers:  # not end_training(): the process group outlives the run (end_process_group)
+            tracker.finish()
         return results
 
     def _out_of_steps(self, state: TrainState) -> bool:
@@ -231,7 +256,7 @@ class Trainer:
             log.info("epoch %d: val acc %.4f%s (%.1fs)%s", state.epoch, row["validation"]["accuracy"], test_text,
                      row["epoch_time_s"], "  * best" if improved else "")
             if improved:
-                self._save_weights("best", outs.get("test"), state.epoch)
+                self._save_weights("best", row, outs.get("test"))
         if cfg.train.log_with:
             acc.log({f"{split}/accuracy": row[split]["accuracy"] for split in ("validation", "test") if row[split]},
                     step=state.step)
@@ -251,12 +276,9 @@ class Trainer:
         saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume, self._identity())
         return None if saved is None else TrainState.from_dict(saved)
 
-    def _save_weights(self, tag: str, test=None, epoch: int | None = None) -> None:
-        """The model in Hugging Face form (config.json, model.safetensors, tokenizer): see nlp_decouple.hf;
-        with ``test`` outputs, also that epoch's per-example test predictions (paired comparisons in reports)."""
-        tok = self.tokenizer
-        hf_model = DecoupledForSequenceClassification.from_staged(
-            self.model, self.cfg, len(tok), tok.pad_token_id, self.data.max_length, self.data.label_names)
-        save_model_dir(hf_model, tok, self.run_dir / tag)
+    def _save_weights(self, tag: str, row: dict, test=None) -> None:
+        """``RUN_DIR/tag``: the model of ``row``'s epoch (save_model); with ``test`` outputs, also that epoch's
+        per-example test predictions (paired comparisons in reports)."""
+        save_model(self.run_dir / tag, tag, self.model, self.cfg, self.tokenizer, self.data, row)
         if test is not None:
-            write_predictions(self.run_dir / "test_predictions.json", test, epoch)
+            write_predictions(self.run_dir / "test_predictions.json", test, row["epoch"])

@@ -124,7 +124,8 @@ SLOW_FIRST = ["tests/engines/test_processes.py::test_two_and_three", "tests/engi
               "tests/models/test_pretrained.py::test_train_cli", "tests/models/test_pretrained.py::test_a_family_trains",
               "tests/test_benchmarks.py::test_process_pipeline",
               "tests/cli/test_train.py::test_short_run", "tests/cli/test_train.py::test_best_checkpoint",
-              "tests/test_distributed.py::"]
+              "tests/test_distributed.py::", "tests/test_extras.py::test_train_evaluate_and_predict",
+              "tests/test_card.py::"]
 
 
 def _slow_rank(nodeid: str) -> int:

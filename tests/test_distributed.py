@@ -2,6 +2,7 @@
 for BP and every decoupled method, and evaluation gathers each example exactly once."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,22 @@ def test_a_nan_on_one_rank_is_skipped_on_both(agreement, backward):
 @pytest.mark.xdist_group("ddp_agreement")
 def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(agreement):
     _ok(agreement, "signal")
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_trains_its_runs_one_after_another_in_one_process_group(tmp_path):
+    """The process group outlives each run (a run that ended it would leave the next one without a group),
+    with no reset of Accelerate's process-wide state between runs."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "nlp_decouple", "compare", str(REPO / "recipes" / "quickstart.yaml"), "methods=bp", "seeds=0,1",
+           "train.cpu=true", "train.epochs=1", "data.synthetic_train_size=200", "data.synthetic_test_size=60",
+           "model.hidden_size=8", "eval.probe_samples=50", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for seed in (0, 1):
+        results = json.loads((tmp_path / f"bp-seed{seed}" / "results.json").read_text())
+        assert results["num_processes"] == 2 and results["seed"] == seed
+    assert (tmp_path / "report" / "report.md").is_file()
 
 
 def test_refuses_a_launch_accelerate_does_not_see(tmp_path, monkeypatch):

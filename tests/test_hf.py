@@ -110,3 +110,72 @@ def test_adaptive_exit_stops_running_groups_once_every_text_answered():
     ids, mask = inputs()
     pred = wrapped.predict_adaptive(ids, mask, threshold=1e-6)  # every text is confident enough at group 0
     assert (pred.group == 0).all() and ran == [0]
+
+
+# ------------------------------------------------------------------ transformers' pipeline on saved models
+
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+PIPE_MAXLEN = 16
+
+
+def saved_model(tmp_path, encoder: str):
+    """A model saved as the trainer saves it, with a tokenizer trained on synthetic texts; for
+    ``pretrained``, a tiny randomly initialised BERT (40 positions) saved first as its Hub checkpoint."""
+    from transformers import AutoModel, BertConfig
+
+    from nlp_decouple.config import TokenizerConfig
+    from nlp_decouple.data import make_synthetic
+    from nlp_decouple.hf import save_model_dir
+    from nlp_decouple.tokenization import build_tokenizer
+
+    texts = list(make_synthetic(200, 20, seed=0)["train"]["text"])
+    tok = build_tokenizer(TokenizerConfig(train="wordpiece", vocab_size=120), texts)
+    extra = ["model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32", "model.num_layers=2"]
+    if encoder == "pretrained":
+        torch.manual_seed(0)
+        hub = BertConfig(vocab_size=len(tok), max_position_embeddings=40, pad_token_id=tok.pad_token_id, **TINY_BERT)
+        AutoModel.from_config(hub).save_pretrained(str(tmp_path / "hub"))
+        extra = [f"model.pretrained={tmp_path / 'hub'}", "model.num_layers=null"]
+    cfg = load_config(None, ["method.name=early_exit", f"model.encoder={encoder}", "model.dropout=0", *extra])
+    torch.manual_seed(0)
+    model = StagedClassifier.from_config(cfg, len(tok), tok.pad_token_id, CLASSES, PIPE_MAXLEN).eval()
+    wrapped = DecoupledForSequenceClassification.from_staged(model, cfg, len(tok), tok.pad_token_id, PIPE_MAXLEN, LABELS)
+    save_model_dir(wrapped, tok, tmp_path / "best")
+    return tmp_path / "best", texts
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer", "pretrained"])
+def test_pipeline_equals_predict_on_texts_of_any_length(tmp_path, encoder):
+    from transformers import AutoTokenizer, pipeline
+
+    from nlp_decouple.inference import load_for_inference, predict_texts
+
+    path, texts = saved_model(tmp_path, encoder)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert tok.model_max_length == PIPE_MAXLEN
+    assert json.loads((path / "config.json").read_text())["truncation"] == {"side": "right", "before": 1, "after": 1}
+    long_text = " ".join(texts[:40])
+    assert len(tok(long_text)["input_ids"]) > 10 * PIPE_MAXLEN  # the pipeline itself does not truncate
+    batch = [texts[0], long_text, "good", texts[1] + " " + texts[2] + " " + texts[3], long_text[::-1]]
+    model, ptok = load_for_inference(path, "cpu")
+    probs, _ = predict_texts(model, ptok, batch, batch_size=2)
+    classify = pipeline("text-classification", model=str(path), device="cpu")
+    for size in (1, 3):
+        got = classify(batch, top_k=None, batch_size=size)
+        for answer, p in zip(got, probs):
+            scores = {row["label"]: row["score"] for row in answer}
+            assert answer[0]["label"] == LABELS[int(p.argmax())]
+            assert [scores[name] for name in LABELS] == pytest.approx(p.tolist(), abs=1e-5)
+
+
+def test_a_long_input_is_cut_as_the_tokenizer_cuts_it():
+    from nlp_decouple.hf import cut_like_tokenizer
+
+    # right padding and left padding, texts longer and shorter than 5; [CLS]=1 ... [SEP]=2, pad 0
+    ids = torch.tensor([[1, 10, 11, 12, 13, 14, 15, 2], [1, 20, 21, 2, 0, 0, 0, 0], [0, 0, 1, 30, 31, 32, 33, 2]])
+    mask = ids.ne(0)
+    cut, cut_mask = cut_like_tokenizer(ids, mask, length=5, head=4)  # right side: keep [CLS] + 3, then [SEP]
+    assert cut.tolist() == [[1, 10, 11, 12, 2], [1, 20, 21, 2, 0], [1, 30, 31, 32, 2]]
+    assert cut_mask.tolist() == [[True] * 5, [True] * 4 + [False], [True] * 5]
+    cut, _ = cut_like_tokenizer(ids, mask, length=5, head=1)  # left side: keep [CLS], then the last 4
+    assert cut.tolist() == [[1, 13, 14, 15, 2], [1, 20, 21, 2, 0], [1, 31, 32, 33, 2]]

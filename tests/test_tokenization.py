@@ -119,3 +119,24 @@ def test_min_frequency_drops_rare_words():
     assert {"common", "words", "here"} <= set(vocab)
     assert "rareword" not in vocab
     assert tok.convert_ids_to_tokens(tok("rareword")["input_ids"])[1:-1] == ["[UNK]"]
+
+
+@pytest.mark.parametrize("template, before, after", [("[CLS] $A [SEP]", 1, 1), ("$A [SEP]", 0, 1),
+                                                     ("[CLS] [CLS] $A", 2, 0), (None, 0, 0)])
+def test_truncation_layout_finds_the_special_tokens_around_a_text(template, before, after):
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from nlp_decouple.tokenization import truncation_layout
+
+    tok = build_tokenizer(TokenizerConfig(train="word", vocab_size=500), TRAIN_TEXTS)
+    backend = tok.backend_tokenizer
+    specials = [("[CLS]", tok.cls_token_id), ("[SEP]", tok.sep_token_id)]
+    backend.post_processor = (processors.TemplateProcessing(single=template, special_tokens=specials) if template
+                              else processors.Sequence([]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", truncation_side="left")
+    assert truncation_layout(tok) == {"side": "left", "before": before, "after": after}
+    # the layout predicts the tokenizer's own truncation: keep `before`, then the text's end, then `after`
+    ids = tok("the team was good and the match was great")["input_ids"]
+    cut = tok("the team was good and the match was great", truncation=True, max_length=6)["input_ids"]
+    assert cut == ids[:before] + ids[len(ids) - 6 + before:]

@@ -30,6 +30,7 @@ import yaml
 
 from ..config import config_from_dict, load_config, run_identity
 from ..errors import UserError, cli_entry
+from ..extras import require_report
 from ..logs import setup_console
 from ..registry import METHODS
 from ..report_data import SOURCE_FILE
@@ -143,12 +144,7 @@ def run_in_process(run: PlannedRun, recipe: str) -> None:
     from ..trainer import Trainer
 
     overrides = [*run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
-    Trainer(load_config(recipe, overrides)).fit()
-    # fit() ends with accelerator.end_training(), which destroys the process group: forget Accelerate's
-    # process-wide state too, so the next run's Accelerator initialises a fresh group
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
+    Trainer(load_config(recipe, overrides)).fit()  # the process group stays up for the next run
 
 
 def refuse_tuning_seeds(recipe: str, seeds: list[int]) -> None:
@@ -176,6 +172,7 @@ def record_source(recipe: str, common: list[str], runs: list[PlannedRun]) -> Non
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_report("nlp-decouple compare (its report)")  # before any run trains
     methods, seeds, common = split_sweep(args.overrides)
     base = load_config(args.recipe, common)  # a bad override fails here, before anything trains
     refuse_tuning_seeds(args.recipe, seeds)
@@ -193,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_console()
         for run in todo:
             run_in_process(run, args.recipe)
+        from ..trainer import end_process_group
+
+        end_process_group()
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
         with ThreadPoolExecutor(args.jobs) as pool:  # the threads only wait on subprocesses

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import cli_entry
+from ..extras import require_report
 from ..report import __doc__ as REPORT_DOC
 from ..report import build_report
 from ..stats import DEFAULT_MARGIN
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_report("nlp-decouple report")
     report = build_report(args.runs, args.out, args.title, args.resamples, args.bootstrap_seed, args.margin)
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.md'} ({len(report['runs'])} runs, {len(report['plots'])} plots)", file=sys.stderr)

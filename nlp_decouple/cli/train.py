@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.recipe, args.overrides)
     setup_console()
-    from ..trainer import Trainer  # heavy imports only after the config is known to be good
+    from ..trainer import Trainer, end_process_group  # heavy imports only after the config is known to be good
 
     results = Trainer(cfg).fit()
+    end_process_group()
     summary = {k: results[k] for k in ("best_epoch", "test_accuracy", "test_macro_f1", "last_epoch_test_accuracy",
                                        "time_per_epoch_s", "train_samples_per_s", "peak_memory_mb")}
     if int(os.environ.get("RANK", "0")) == 0:

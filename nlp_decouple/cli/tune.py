@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..config import load_config, run_identity
 from ..errors import UserError, cli_entry
+from ..extras import require
 from ..logs import setup_console
 from ..registry import METHODS
 from ..tuning.space import build_spaces, format_value
@@ -133,6 +134,7 @@ def export(out: Path, methods: list[str]) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require("optuna", "nlp-decouple tune")
     methods, seeds, trials, specs, common = split_tune(args.overrides)
     base = load_config(args.recipe, common)  # a bad override fails here, before anything trains
     out = args.out or Path(base.output_dir) / f"tune-{Path(args.recipe).stem}"

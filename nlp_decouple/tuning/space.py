@@ -123,6 +123,8 @@ def parse_dim(key: str, text: str) -> Dim | None:
         raise UserError(f"{where}: a log scale needs LOW > 0")
     return Dim(key, "float" if kind == "log" else kind, low, high, log)
 
+PER_PROCESS = ("train.mixed_precision", "train.cpu")  # set once per process by Accelerate: never searched
+
 
 def build_spaces(methods: list[str], specs: list[tuple[str, str]], fixed: set[str]) -> dict[str, dict[str, Dim]]:
     """Each method's space: its default minus the ``fixed`` keys, then ``specs`` ((``KEY`` or
@@ -132,6 +134,9 @@ def build_spaces(methods: list[str], specs: list[tuple[str, str]], fixed: set[st
     for scope, key, text in scoped:
         if not key:
             raise UserError(f"space.{scope}={text}: name a config key, e.g. space.{scope}.train.lr=log:1e-4:1e-2")
+        if key in PER_PROCESS:
+            raise UserError(f"space.{key}: the trials share one process, whose Accelerate state keeps the first "
+                            f"trial's {key}; fix it for every trial with {key}=... instead")
         if key in fixed:
             raise UserError(f"{key} is both fixed ({key}=...) and searched (space.{key}=...): drop one of them")
         if scope is not None and scope not in methods:

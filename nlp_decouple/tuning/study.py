@@ -159,10 +159,9 @@ def objective(spec: MethodStudy, trial: optuna.Trial) -> float:
 
 
 def train_one(cfg, on_epoch) -> None:
-    """One in-process run; afterwards the process is as before it (Accelerate state, signal handlers),
-    also when ``on_epoch`` stopped it."""
-    from accelerate.state import AcceleratorState
-
+    """One in-process run; afterwards the signal handlers are as before it, also when ``on_epoch`` stopped
+    it. Accelerate's process-wide state is kept: every trial launches alike (one process, the recipe's
+    precision and device), so the next trial's Accelerator reuses it."""
     from ..trainer import Trainer
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -172,5 +171,4 @@ def train_one(cfg, on_epoch) -> None:
         for sig, handler in handlers.items():
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(sig, handler)
-        AcceleratorState._reset_state(reset_partial_state=True)
         gc.collect()

@@ -122,6 +122,7 @@ def test_space_defaults_scopes_and_fixed_keys():
     (["space.train.batch_size=float:16:64"], "train.batch_size: expected int"),
     (["space.model.dropout=float:0:1.5"], "model.dropout: 1.5 must be in [0, 1)"),
     (["train.lr=1e-3", "space.train.lr=log:1e-4:1e-2"], "both fixed"),
+    (["space.train.mixed_precision=choice:no,bf16"], "fix it for every trial with train.mixed_precision=..."),
     (["space.al.method.label_dim=choice:64,128"], "al is not among methods"),
     (["space.train.lr=off", "space.model.dropout=off"], "nothing left to tune for bp"),
     (["seeds=0,100"], "reporting seeds"),

@@ -93,7 +93,9 @@ def test_a_checkpoint_waits_for_a_slow_stage_update(tmp_path):
 
 @pytest.fixture
 def fresh_accelerator_state():
-    """Accelerate keeps one process-wide state: a test with another mixed precision starts and ends clean."""
+    """Accelerate keeps one process-wide state whose mixed precision cannot change once set, and has no
+    public way to reset it (the package never does: its runs in one process share their precision). A
+    test that needs another precision inside the pytest process resets it before and after, privately."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
