@@ -93,14 +93,18 @@ def train(args: argparse.Namespace) -> None:
                 store.write_text(json.dumps(rows, indent=1, sort_keys=True))
 
 
-def collect(args: argparse.Namespace) -> None:
-    """One table per (cell, varied key, fixed settings): best validation accuracy per method and value."""
-    rows = json.loads((args.out / "sensitivity.json").read_text())
+def curves(out: Path) -> dict[tuple, dict]:
+    """The runs as (cell, varied key, fixed settings) -> method -> value -> runs."""
     series: dict[tuple, dict] = {}
-    for row in rows.values():
+    for row in json.loads((out / "sensitivity.json").read_text()).values():
         series.setdefault((row["cell"], row["vary"], " ".join(row["fixed"])), {}).setdefault(
             row["method"], {}).setdefault(row["value"], []).append(row)
-    for (cell, key, fixed), methods in sorted(series.items()):
+    return series
+
+
+def collect(args: argparse.Namespace) -> None:
+    """One table per (cell, varied key, fixed settings): best validation accuracy per method and value."""
+    for (cell, key, fixed), methods in sorted(curves(args.out).items()):
         values = sorted({v for m in methods.values() for v in m}, key=float)
         print(f"\n{cell}  {key}  [{fixed}]")
         print("method     " + "".join(f"{v:>22}" for v in values))
@@ -125,24 +129,18 @@ def plot(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = json.loads((args.out / "sensitivity.json").read_text())
-    series: dict[tuple, dict] = {}
-    for row in rows.values():
-        series.setdefault((row["cell"], row["vary"], " ".join(row["fixed"])), {}).setdefault(
-            row["method"], []).append(row)
-    panels = [k for k, v in sorted(series.items()) if any(len({r["value"] for r in runs}) > 1 for runs in v.values())]
+    series = curves(args.out)
+    panels = [k for k, v in sorted(series.items()) if any(len(by_value) > 1 for by_value in v.values())]
     if not panels:
         return
     cols = min(3, len(panels))
     fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((len(panels) + cols - 1) // cols)),
                              squeeze=False)
     for ax, key in zip(axes.flat, panels):
-        for method, runs in sorted(series[key].items()):
-            by_value: dict[float, list[float]] = {}
-            for r in runs:
-                by_value.setdefault(float(r["value"]), []).append(100 * r["best_val_acc"])
-            xs = sorted(by_value)
-            ax.plot(xs, [sum(by_value[x]) / len(by_value[x]) for x in xs], "o-", label=method)
+        for method, by_value in sorted(series[key].items()):
+            xs = sorted(by_value, key=float)
+            ax.plot([float(x) for x in xs], [100 * sum(r["best_val_acc"] for r in by_value[x]) / len(by_value[x])
+                                             for x in xs], "o-", label=method)
         ax.set_xscale("log")
         ax.set_title(f"{key[0]}: {key[1]}\n{key[2].replace('train.batch_size=128', '').strip() or 'recipe'}", fontsize=8)
         ax.set_ylabel("best validation acc. (%)", fontsize=8)
