@@ -2,6 +2,8 @@
 model calls it (the BERT layout's call by default; a family with more to pass subclasses the layer block)."""
 from __future__ import annotations
 
+import abc
+
 from torch import Tensor, nn
 
 from ..blocks import Carry, masked_mean
@@ -79,7 +81,7 @@ class HubLayerBlock(nn.Module):
         return masked_mean(carry.hidden, carry.mask)
 
 
-class SharingLayerBlock(HubLayerBlock):
+class SharingLayerBlock(HubLayerBlock, abc.ABC):
     """A layer of a family whose encoder computes something once for all its layers (a relative position
     table): the first layer's block holds the Hub's encoder module emptied of its layers, computes that
     (:meth:`shared`) and hands it on in ``carry.extras``. BP trains the encoder's tables from every layer,
@@ -90,8 +92,9 @@ class SharingLayerBlock(HubLayerBlock):
         super().__init__(layer, hub_config, dim, pooling)
         self.encoder = encoder  # first layer only
 
+    @abc.abstractmethod
     def shared(self, carry: Carry) -> dict[str, Tensor | None]:
-        raise NotImplementedError
+        """What the encoder computes once for every layer, by the name the layers read it under."""
 
     def forward(self, carry: Carry) -> Carry:
         if self.encoder is not None:
