@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 13's GPU measurements in one command, on a CUDA machine without network (a lease of minutes):
+# The MiniLM GPU measurements in one command, on a CUDA machine without network (a budget of minutes):
 #   bash benchmarks/minilm_gpu.sh BUNDLE OUT
 # BUNDLE (made by benchmarks/minilm_bundle.sh where ../shared is) holds the wheels such a machine lacks
 # (datasets and its pure-Python needs), the two shared datasets, and the MiniLM Hub cache with its weights
-# stored in fp16 (a lease carries at most 64 MiB; the fp32 file is 87 MiB): they are widened back to fp32
+# stored in fp16 (the copy sent to that machine carries at most 64 MiB; the fp32 file is 87 MiB): they are widened back to fp32
 # here (largest difference 1e-3, sentence vectors' cosine >= 0.999999 against the original).
 # Steps: a smoke run (stops everything if it fails); pretrained_cost.py alone on the GPU (clean step times,
 # peak memory whole and per stage); then minilm_table.py (the table, several runs at a time) with the

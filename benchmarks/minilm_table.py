@@ -1,6 +1,6 @@
-"""Issue 13's table: the pretrained MiniLM fine-tuned by every method on AG News and debian_packages, 3 seeds,
+"""The MiniLM table: the pretrained MiniLM fine-tuned by every method on AG News and debian_packages, 3 seeds,
 as many training processes at a time as asked (one GPU holds several of these small runs), within a time
-limit. Sized for one GPU and a lease of minutes.
+limit. Sized for one GPU and a budget of minutes.
 
 1. SCPL's setting is chosen on validation (tuning seed 100, ``eval.test=false``): plain SupCon on an identity
    projection, or with ``method.supcon_prototypes=true`` and ``method.projection=mlp_bn`` (the protocol's SCPL

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's protocol for one cell (dataset x encoder): tune every listed method with the same Optuna
+# The protocol for one cell (dataset x encoder): tune every listed method with the same Optuna
 # budget on validation (tuning seed 100, test never computed), then train each tuned recipe on the fresh
 # seeds 0,1,2 and build one report (mean ± std, 95% intervals, paired bootstrap against BP).
 #
