@@ -432,10 +432,10 @@ def save_tiny_with_tokenizer(name: str, directory: Path) -> str:
 
 @pytest.mark.parametrize("method", ["bp", "scpl"])
 @pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "modernbert"])
-def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipeline(tmp_path, family, method):
+def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipeline_on_texts_of_any_length(tmp_path, family, method):
     from transformers import pipeline
 
-    from nlp_decouple.inference import encoded_batches, load_for_inference
+    from nlp_decouple.inference import load_for_inference, predict_texts
     from nlp_decouple.trainer import Trainer
 
     path = save_tiny_with_tokenizer(family, tmp_path / "hub")
@@ -452,15 +452,18 @@ def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipe
     assert results["steps"] == 2 and results["nonfinite_steps"] == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.groups()[1].parameters())), "no update"
 
-    texts = ["the team won the match", "the new phone is slow and i do not like it at all"]
+    long_text = " ".join(["the new phone is slow and i do not like it at all, the team won the match"] * 30)
+    texts = ["the team won the match", long_text, "good", long_text[::-1]]
     model, tok = load_for_inference(tmp_path / "tiny" / "best", "cpu")
-    enc = next(encoded_batches(tok, texts, model.config.max_seq_length, 8, model.device))
-    with torch.no_grad():
-        probs = model(**enc).logits.softmax(-1)
+    assert len(tok(long_text, truncation=False)["input_ids"]) > 10 * cfg.data.max_length
+    probs, _ = predict_texts(model, tok, texts, batch_size=2)
     classify = pipeline("text-classification", model=str(tmp_path / "tiny" / "best"), device="cpu")
-    for got, p in zip(classify(texts), probs):
-        assert got["label"] == model.config.id2label[int(p.argmax())]
-        assert got["score"] == pytest.approx(float(p.max()), abs=1e-5)
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    for size in (1, 3):  # batched: padding must not change an answer
+        for answer, p in zip(classify(texts, top_k=None, batch_size=size), probs):
+            scores = {row["label"]: row["score"] for row in answer}
+            assert answer[0]["label"] == labels[int(p.argmax())]
+            assert [scores[name] for name in labels] == pytest.approx(p.tolist(), abs=1e-5)
 
 
 @need(HF_CACHE / "models--sentence-transformers--all-MiniLM-L6-v2")
