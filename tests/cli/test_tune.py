@@ -177,3 +177,17 @@ def test_tune_resumes_after_sigkill(tmp_path, one_thread):
     prov = read_provenance(out / "bp.yaml")
     assert (prov["finished"], prov["failed"]) == (2, 1)
     assert load_config(out / "bp.yaml").train.lr == study.best_trial.params["train.lr"]
+
+
+def test_a_study_whose_trials_ran_other_code_is_refused_unless_asked(tmp_path, monkeypatch):
+    from nlp_decouple.cli import tune
+
+    study = optuna.create_study(study_name="bp", direction="maximize")
+    base, space = load_config(RECIPE, TINY).to_dict(), build_spaces(["bp"], [], set())["bp"]
+    tune.claim(study, RECIPE, base, space, [100], 2)
+    assert study.user_attrs["settings"]["code"] == tune.code_version()["id"]
+    tune.claim(study, RECIPE, base, space, [100], 3)  # the same code: the study goes on
+    monkeypatch.setattr(tune, "code_version", lambda: {"id": "git:0123456789abcdef"})
+    with pytest.raises(tune.UserError, match="ran its trials with other code .*--reuse-other-versions"):
+        tune.claim(study, RECIPE, base, space, [100], 3)
+    tune.claim(study, RECIPE, base, space, [100], 3, other_versions=True)
