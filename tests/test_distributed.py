@@ -48,7 +48,7 @@ def test_refuses_a_world_size_other_than_asked(tmp_path):
         Trainer(cfg)
 
 
-AGREEMENT = ["one-process-lr", "schedule", "nan-per_group", "nan-sum", "signal"]
+AGREEMENT = ["one-process-lr", "schedule", "nan-per_group", "nan-sum", "signal", "early-stop"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,12 @@ def test_a_nan_on_one_rank_is_skipped_on_both(agreement, backward):
 @pytest.mark.xdist_group("ddp_agreement")
 def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(agreement):
     _ok(agreement, "signal")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp_agreement")
+def test_early_stopping_is_agreed_by_every_rank(agreement):
+    _ok(agreement, "early-stop")
 
 
 def test_refuses_a_launch_accelerate_does_not_see(tmp_path, monkeypatch):
