@@ -41,6 +41,13 @@ class TrainState:
         self.nonfinite_total += bool(bad)
         return bad
 
+    def out_of_patience(self, patience: int | None) -> bool:
+        """Early stopping: ``patience`` finished epochs in a row without a new best validation accuracy
+        (read from the history, so a resumed run decides exactly as an uninterrupted one)."""
+        if patience is None or not self.history:
+            return False
+        return self.history[-1]["epoch"] - self.best["epoch"] >= patience
+
     def next_epoch(self) -> None:
         self.epoch += 1
         self.batches_done = 0

@@ -37,6 +37,7 @@ from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
 from .models import load_word_vectors
 from .optim import build_optimization
+from .provenance import code_version, data_fingerprint
 from .results import build_results
 from .signals import StopRequested, StopSignal, any_rank
 from .state import TrainState
@@ -59,6 +60,14 @@ def check_launch(acc: Accelerator, asked: int | None) -> None:
         raise UserError(f"train.num_processes={asked} but {acc.num_processes} process(es) were launched; on CPU use "
                         f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} ...` or "
                         f"torchrun --nproc_per_node {asked}")
+
+
+def checkpoint_identity(trainer: "Trainer") -> dict:
+    """What a checkpoint must share with this run to be resumed: every setting that changes what is computed
+    (schedule included), the sizes the data and launch give, and the code and data versions."""
+    return {**run_identity(trainer.cfg), "num_classes": trainer.data.num_classes, "vocab_size": len(trainer.tokenizer),
+            "num_processes": trainer.accelerator.num_processes, "code": code_version()["id"],
+            "data": trainer.data_fingerprint}
 
 
 def wait_limit(seconds: float) -> InitProcessGroupKwargs:
@@ -100,6 +109,7 @@ class Trainer:
         acc.wait_for_everyone()
         with acc.main_process_first():
             self.data = load_text_data(cfg.data, t.seed, with_test=cfg.eval.test)
+            self.data_fingerprint = data_fingerprint(self.data.splits, self.data.label_names)
             self.tokenizer = build_tokenizer(cfg.tokenizer, self.data.splits["train"]["text"] if cfg.tokenizer.train else None)
             tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
         if acc.is_main_process:
@@ -148,7 +158,8 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in state.history))
         try:
             with StopSignal() as stop:
-                while state.epoch <= t.epochs and not self._out_of_steps(state):
+                while (state.epoch <= t.epochs and not self._out_of_steps(state)
+                       and not any_rank(state.out_of_patience(t.early_stopping_patience), acc)):
                     epoch_time = self._train_epoch(state, stop)
                     self._end_epoch(state, epoch_time)
                     if on_epoch is not None:
@@ -164,7 +175,7 @@ class Trainer:
         results = build_results(state, cfg, device=acc.device, num_processes=acc.num_processes,
                                 num_parameters=count_parameters(self.model), label_names=self.data.label_names,
                                 data_stats=self.data.stats, probe_set=self.probe.stats(),
-                                word_vector_coverage=self.word_vector_coverage)
+                                word_vector_coverage=self.word_vector_coverage, data_fingerprint=self.data_fingerprint)
         if acc.is_main_process:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         for tracker in acc.trackers:  # not end_training(): the process group outlives the run (end_process_group)
@@ -261,19 +272,15 @@ class Trainer:
             acc.log({f"{split}/accuracy": row[split]["accuracy"] for split in ("validation", "test") if row[split]},
                     step=state.step)
 
-    def _identity(self) -> dict:
-        """What a checkpoint must share with this run to be resumed: every setting that changes what is
-        computed (schedule included), and the sizes the data and launch give."""
-        return {**run_identity(self.cfg), "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
-                "num_processes": self.accelerator.num_processes}
-
     def _checkpoint(self, state: TrainState) -> None:
-        path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state.step,
-                               {**state.to_dict(), "identity": self._identity()}, self.cfg.train.keep_checkpoints)
+        saved = {**state.to_dict(), "identity": checkpoint_identity(self)}
+        path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state.step, saved,
+                               self.cfg.train.keep_checkpoints)
         log.info("checkpoint %s", path)
 
     def _resume(self) -> TrainState | None:
-        saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume, self._identity())
+        saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume,
+                             checkpoint_identity(self), self.cfg.train.resume_other_versions)
         return None if saved is None else TrainState.from_dict(saved)
 
     def _save_weights(self, tag: str, row: dict, test=None) -> None:

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py in a fresh interpreter: decisions two CPU processes must take alike.
 
     python tests/_ddp_agreement.py SCENARIO [SCENARIO ...] OUT_DIR
-        SCENARIO: one-process-lr | schedule | nan-per_group | nan-sum | signal
+        SCENARIO: one-process-lr | schedule | nan-per_group | nan-sum | signal | early-stop
 
 Each scenario but the first runs under ``accelerate.debug_launcher`` (2 processes, gloo), the first in one
 forked process; each prints ``ok SCENARIO`` (or ``FAILED SCENARIO: why``). All run from this one
@@ -121,6 +121,31 @@ def stop_signal(out: str) -> None:
         assert saved == ["step_00000003"], saved
 
 
+def early_stop(out: str) -> None:
+    """Early stopping decided alike: rank 0 sees validation plateau (a learning rate too small to move the
+    weights), rank 1 alone is shown it improving; both stop after epoch 2, together (no hang)."""
+    import nlp_decouple.trainer as trainer_module
+
+    if dist.get_rank() == 1:
+        evaluate, calls = trainer_module.evaluate, [0]
+
+        def improving(*args, **kwargs):
+            scores, outs = evaluate(*args, **kwargs)
+            calls[0] += 1
+            scores["validation"] = {**scores["validation"], "accuracy": calls[0] / 10}
+            return scores, outs
+
+        trainer_module.evaluate = improving
+    trainer = trainer_for(out, "method.name=bp", "train.epochs=4", "train.early_stopping_patience=1",
+                          "train.lr=1e-9", "train.timeout_s=60", "eval.every_group=false")
+    epochs = torch.tensor([trainer.fit()["epochs_run"]])
+    both = [torch.empty_like(epochs) for _ in range(2)]
+    dist.all_gather(both, epochs)
+    assert both[0].item() == both[1].item() == 2, both
+    if dist.get_rank() == 0:
+        assert json.loads((trainer.run_dir / "results.json").read_text())["stopped_early_at_epoch"] == 2
+
+
 def one_process_lr(out: str) -> None:
     """The reference curve, in a process of its own (forked before this parent did any torch work)."""
     Path(out, "one.json").write_text(json.dumps(lr_curve(f"{out}/one", 8)))
@@ -140,6 +165,8 @@ def run(scenario: str, out: str) -> None:
         debug_launcher(lambda: nan(out, scenario[4:]), num_processes=2)
     elif scenario == "signal":
         debug_launcher(lambda: stop_signal(out), num_processes=2)
+    elif scenario == "early-stop":
+        debug_launcher(lambda: early_stop(out), num_processes=2)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 
