@@ -89,18 +89,18 @@ class Trainer:
             self.word_vector_coverage = load_word_vectors(self.model.embedding, cfg.model.word_vectors, tok.get_vocab())
         if cfg.model.freeze_embeddings:
             self.model.embedding.weight.requires_grad_(False)
-        per_group = self.model.decoupled and cfg.method.backward == "per_group"
+        per_stage = self.model.decoupled and bool(t.pipeline)  # a pipeline steps each stage on its own
         # data parallel shards the loader: each process makes ceil(len / num_processes) updates an epoch; a
         # process pipeline shards it over its replicas, each rank of a replica seeing all of the replica's
         # batches (schedulers unprepared: one tick per update)
         self.replicas = data_replicas(t, acc.num_processes)
-        self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / self.replicas),
-                                      1 if t.pipeline == "processes" else self.replicas)
-        train_stages = prepare_stages(cfg, self.model, self.opt, self.loaders, acc)
+        self.optimization = build_optimization(list(self.model.stages), t, per_stage,
+                                               math.ceil(len(self.loaders.train) / self.replicas),
+                                               1 if t.pipeline == "processes" else self.replicas)
+        train_stages = prepare_stages(cfg, self.model, self.optimization, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)
-        self.engine = build_engine(cfg, self.model, train_stages, self.opt, acc, self._seed_step)
+        self.engine = build_engine(cfg, self.model, train_stages, self.optimization, acc, self._seed_step)
 
     def _seed_step(self, step: int) -> None:
         # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks
@@ -166,12 +166,13 @@ class Trainer:
                    disable=not (acc.is_local_main_process and t.progress))
         start, spent = time.perf_counter(), 0.0
         while True:
-            ran = 0
-            for batch, values in self.engine.run(batches, self._chunk(state), state.step):
-                ran += 1
-                self._record_step(state, batch, values)
+            chunk_losses = []  # each step's stage losses, left on the device until the chunk ends
+            for batch, stage_losses in self.engine.run(batches, self._chunk(state), state.step):
+                state.count_step(batch["labels"].shape[0] * self.replicas)
+                chunk_losses.append(torch.as_tensor(stage_losses, dtype=torch.float64))
                 bar.update(1)
-                bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values))
+            ran = len(chunk_losses)
+            self._record_losses(state, chunk_losses, bar)
             # the engine is quiescent here: no thread touches weights until the next run
             if ran == 0 or state.batches_done >= total or self._out_of_steps(state):
                 break
@@ -187,18 +188,26 @@ class Trainer:
         state.train_time += time.perf_counter() - start
         return spent + time.perf_counter() - start
 
-    def _record_step(self, state: TrainState, batch: dict, values: list[float]) -> None:
-        bad = state.record_step(batch["labels"].shape[0] * self.replicas, values)
-        if self.cfg.train.log_with and state.step % 10 == 0:
-            self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=state.step)
-        if not bad:
+    def _record_losses(self, state: TrainState, chunk_losses: list[torch.Tensor], bar: tqdm) -> None:
+        """The chunk's stage losses, read on the host at once (a step itself never waits for the device), then
+        recorded step by step: tracker logs, and the non-finite streak that stops the run exactly as if it
+        had been checked after every step (no checkpoint or evaluation runs before this)."""
+        if not chunk_losses:
             return
-        log.warning("step %d: non-finite loss in stage(s) %s; update skipped", state.step, bad)
-        if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
-            raise NonFiniteLoss(
-                f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
-                f"{state.step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
-                f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
+        rows = torch.stack(chunk_losses).tolist()
+        bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in rows[-1]))
+        for step, row in enumerate(rows, start=state.step - len(rows) + 1):
+            bad = state.record_losses(row)
+            if self.cfg.train.log_with and step % 10 == 0:
+                self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(row)}, step=step)
+            if not bad:
+                continue
+            log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
+            if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
+                raise NonFiniteLoss(
+                    f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
+                    f"{step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
+                    f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
 
     def _stop(self, stop: StopSignal, state: TrainState) -> None:
         """End training after the checkpoint just saved (every rank agreed on the stop)."""

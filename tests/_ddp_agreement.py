@@ -38,7 +38,7 @@ def lr_curve(out: str, steps: int) -> list[float]:
                           f"train.max_steps={steps}")
     curve = []
     for _ in trainer.engine.run(iter(trainer.loaders.train), steps, 0):
-        curve.append(trainer.opt.schedulers[0].get_last_lr()[0])
+        curve.append(trainer.optimization.schedulers[0].get_last_lr()[0])
     return curve
 
 
@@ -52,11 +52,11 @@ def schedule(out: str) -> None:
                           "train.epochs=2", "eval.every_group=false")
     per_epoch = len(trainer.loaders.train)  # batches per process after prepare
     used = []  # the learning rate of each update, read as the optimizer steps
-    trainer.opt.optimizers[0].optimizer.register_step_post_hook(
+    trainer.optimization.optimizers[0].optimizer.register_step_post_hook(
         lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     trainer.fit()
     assert len(used) == 2 * per_epoch and used[-1] > 0.0, used
-    assert trainer.opt.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
+    assert trainer.optimization.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
 
 
 def _weights(trainer) -> torch.Tensor:

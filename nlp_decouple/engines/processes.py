@@ -323,9 +323,9 @@ def _seeder(seed: int, replica: int = 0) -> Callable[[int, int], None]:
     return lambda step, k: torch.manual_seed(seed * 1_000_003 + step * 1009 + (k + 1) * 7919 + replica * 104_729)
 
 
-def build_process_pipeline(cfg, model, opt, accelerator) -> ProcessPipeline:
+def build_process_pipeline(cfg, model, optimization, accelerator) -> ProcessPipeline:
     """This rank's engine for ``train.pipeline=processes`` (``model``: the whole model, unwrapped, on
-    ``accelerator.device``; ``opt``: per-stage optimizers, unprepared)."""
+    ``accelerator.device``; ``optimization``: per-stage optimizers, unprepared)."""
     t = cfg.train
     world = _rank_world()[1]
     if accelerator.num_processes != world:  # torchrun on a CPU machine without train.cpu: every rank a "main"
@@ -337,16 +337,17 @@ def build_process_pipeline(cfg, model, opt, accelerator) -> ProcessPipeline:
     owners = stage_owners(len(model.stages), world // dp, t.stages_per_rank)
 
     def update(k: int, loss: Tensor) -> None:
-        if k not in opt.optimizer_of:  # a frozen stage has nothing to step
+        if k not in optimization.optimizer_of:  # a frozen stage has nothing to step
             return
-        i = opt.optimizer_of[k]
+        i = optimization.optimizer_of[k]
         accelerator.backward(loss)
-        engine.sync(k, [p for group in opt.optimizers[i].param_groups for p in group["params"]])
-        opt.finish(i)
+        engine.sync(k, [p for group in optimization.optimizers[i].param_groups for p in group["params"]])
+        optimization.step(i)
 
     engine = ProcessPipeline(model.stages, owners, accelerator.device, update,
                              _seeder(t.seed, _rank_world()[0] // (world // dp)), t.timeout_s, t.queue_size,
                              accelerator.autocast, dp)
-    accelerator.register_for_checkpointing(PipelineState(model.stages, owners, opt.optimizers, opt.schedulers,
-                                                         opt.optimizer_of, world // dp))
+    accelerator.register_for_checkpointing(PipelineState(model.stages, owners, optimization.optimizers,
+                                                         optimization.schedulers, optimization.optimizer_of,
+                                                         world // dp))
     return engine

@@ -99,12 +99,12 @@ def fit(out: Path, name: str, *extra: str) -> dict:
         engine, batches = trainer.engine, math.ceil(len(trainer.loaders.train.dataset) / 8)
         assert (engine.layout.dp, engine.layout.pp, engine.world) == (2, 2, 4), engine.layout
         assert len(trainer.loaders.train) == math.ceil(batches / 2), (len(trainer.loaders.train), batches)
-    record, seen = trainer._record_step, []
+    record, seen = trainer._record_losses, []
 
-    def recording(state, batch, values):  # rank 0's view: its (replica's) losses, the samples over every rank
-        record(state, batch, values)
-        seen.append((state.step, state.samples, values))
-    trainer._record_step = recording
+    def recording(state, chunk_losses, bar):  # rank 0's view: its (replica's) losses, the samples over every rank
+        record(state, chunk_losses, bar)
+        seen.append((state.step, state.samples, [torch.as_tensor(r).tolist() for r in chunk_losses]))
+    trainer._record_losses = recording
     trainer.fit()
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     return {"weights": weights, "steps": seen}
