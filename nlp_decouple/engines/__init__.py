@@ -50,13 +50,13 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, optimizatio
         devices = assign_devices(t.devices, len(model.stages))
         place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
 
-        def update(k: int, loss) -> None:
+        def backward_and_step(k: int, loss) -> None:
             if k in optimization.optimizer_of:  # a frozen stage has nothing to step
                 optimization.backward_and_step(optimization.optimizer_of[k], loss)
 
         workers = assign_workers(t.devices, len(model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
         log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices], workers)
-        return ThreadedPipeline(model.stages, devices, update, queue_size=t.queue_size,
+        return ThreadedPipeline(model.stages, devices, backward_and_step, queue_size=t.queue_size,
                                 threads_per_stage=t.threads_per_stage, move_stages=False,
                                 context=accelerator.autocast, workers=workers)
     stage = model.stages[0]
