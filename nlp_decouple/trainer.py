@@ -171,10 +171,9 @@ class Trainer:
                 state.count_step(batch["labels"].shape[0] * self.replicas)
                 chunk_losses.append(torch.as_tensor(stage_losses, dtype=torch.float64))
                 bar.update(1)
-            ran = len(chunk_losses)
             self._record_losses(state, chunk_losses, bar)
             # the engine is quiescent here: no thread touches weights until the next run
-            if ran == 0 or state.batches_done >= total or self._out_of_steps(state):
+            if not chunk_losses or state.batches_done >= total or self._out_of_steps(state):
                 break
             asked = any_rank(stop.requested is not None, acc)
             if asked or (t.save_every and state.step % t.save_every == 0):
@@ -189,25 +188,22 @@ class Trainer:
         return spent + time.perf_counter() - start
 
     def _record_losses(self, state: TrainState, chunk_losses: list[torch.Tensor], bar: tqdm) -> None:
-        """The chunk's stage losses, read on the host at once (a step itself never waits for the device), then
-        recorded step by step: tracker logs, and the non-finite streak that stops the run exactly as if it
-        had been checked after every step (no checkpoint or evaluation runs before this)."""
-        if not chunk_losses:
-            return
-        rows = torch.stack(chunk_losses).tolist()
-        bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in rows[-1]))
+        """The chunk's stage losses, read on the host at once (no step waits for the device), then recorded step
+        by step: tracker logs, and a non-finite streak stops the run at the step a per-step check would."""
+        rows = torch.stack(chunk_losses).tolist() if chunk_losses else []
         for step, row in enumerate(rows, start=state.step - len(rows) + 1):
             bad = state.record_losses(row)
             if self.cfg.train.log_with and step % 10 == 0:
                 self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(row)}, step=step)
-            if not bad:
-                continue
-            log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
-            if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
+            if bad:
+                log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
+            if bad and state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
                 raise NonFiniteLoss(
                     f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
                     f"{step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
                     f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
+        if rows:
+            bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in rows[-1]))
 
     def _stop(self, stop: StopSignal, state: TrainState) -> None:
         """End training after the checkpoint just saved (every rank agreed on the stop)."""
