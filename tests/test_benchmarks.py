@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import HF_CACHE, REPO, SWEEP_SEEDS, need
+
+from nlp_decouple.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,3 +206,16 @@ def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monke
     assert scpl["step_time_vs_bp"] == pytest.approx(scpl["step_ms"] / bp["step_ms"])
     assert scpl["stage_peak_memory_mb"] == [None] * 3  # each stage trained alone; memory is read on CUDA only
     assert "largest_stage_memory_vs_bp" not in scpl
+
+
+@pytest.mark.parametrize("cell", ["transformer", "lstm", "minilm"])
+def test_step_overhead_cells_are_valid_configs_of_the_protocol_model(cell):
+    step_overhead = script("step_overhead")
+    recipe, overrides = step_overhead.cell_overrides(cell, Path("../shared"), 32)
+    for method in step_overhead.METHODS:
+        cfg = load_config(recipe, [*overrides, f"method.name={method}"])
+        assert cfg.train.grad_clip == 1.0 and cfg.data.max_length == 64 and cfg.method.name == method
+        if cell != "minilm":  # the protocol's small-CPU model: d = 64, embedding + 3 blocks, batch 128
+            assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.batch_size) == (64, 3, 128)
+    with pytest.raises(SystemExit, match="unknown cell"):
+        step_overhead.cell_overrides("gru", Path("../shared"), 32)
