@@ -81,6 +81,11 @@ class Optimization:
         self.schedulers = [accelerator.prepare(s) for s in self.schedulers]
         self.accelerator = accelerator
 
+    def layout(self) -> str:
+        """What a checkpoint's optimizer states must match, e.g. ``StagedAdamW over stages [0, 1, 2]``."""
+        return "; ".join(f"StagedAdamW over stages {sorted(k for k, i in self.optimizer_of.items() if i == j)}"
+                         for j in range(len(self.optimizers)))
+
     def clip_per_stage(self, index: int) -> None:
         """Unscale (fp16) and clip each stage's gradient on its own: a decoupled stage's gradient is its own.
         Nothing is read on the host (a non-finite norm makes that stage's gradient non-finite)."""

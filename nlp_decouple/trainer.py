@@ -239,9 +239,9 @@ class Trainer:
 
     def _identity(self) -> dict:
         """What a checkpoint must share with this run to be resumed: every setting that changes what is
-        computed (schedule included), and the sizes the data and launch give."""
+        computed (schedule included), the sizes the data and launch give, and the optimizers' layout."""
         return {**run_identity(self.cfg), "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
-                "num_processes": self.accelerator.num_processes}
+                "num_processes": self.accelerator.num_processes, "optimizers": self.optimization.layout()}
 
     def _checkpoint(self, state: TrainState) -> None:
         path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state.step,
