@@ -94,8 +94,10 @@ def nan(out: str, backward: str) -> None:
 
 
 def stop_signal(out: str) -> None:
-    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang."""
+    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang. The stop is
+    agreed at the end of the engine's chunk of steps: here 2, so a signal during step 3 stops both at 4."""
     trainer = trainer_for(out, "method.name=scpl", "train.epochs=2")
+    trainer.engine.chunk = 2
     head = trainer.model.stages[0].head
     forward, calls = head.forward, [0]
 
@@ -115,10 +117,10 @@ def stop_signal(out: str) -> None:
     steps = torch.tensor([calls[0]])
     both = [torch.empty_like(steps) for _ in range(2)]
     dist.all_gather(both, steps)
-    assert both[0].item() == both[1].item() == 3, both
+    assert both[0].item() == both[1].item() == 4, both
     if dist.get_rank() == 0:
         saved = sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir())
-        assert saved == ["step_00000003"], saved
+        assert saved == ["step_00000004"], saved
 
 
 def one_process_lr(out: str) -> None:
