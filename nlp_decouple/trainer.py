@@ -64,10 +64,17 @@ def check_launch(acc: Accelerator, asked: int | None) -> None:
 
 def checkpoint_identity(trainer: "Trainer") -> dict:
     """What a checkpoint must share with this run to be resumed: every setting that changes what is computed
-    (schedule included), the sizes the data and launch give, and the code and data versions."""
+    (schedule included), the sizes the data and launch give, the optimizers' layout, and the code and data
+    versions."""
     return {**run_identity(trainer.cfg), "num_classes": trainer.data.num_classes, "vocab_size": len(trainer.tokenizer),
-            "num_processes": trainer.accelerator.num_processes, "code": code_version()["id"],
-            "data": trainer.data_fingerprint}
+            "num_processes": trainer.accelerator.num_processes, "optimizers": trainer.optimization.layout(),
+            "code": code_version()["id"], "data": trainer.data_fingerprint}
+
+
+def stop_request(stop: StopSignal, state: TrainState) -> StopRequested:
+    """What ends training after the checkpoint just saved (every rank agreed on the stop)."""
+    return StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
+                         "checkpoint saved: continue with the same command and train.resume=auto")
 
 
 def wait_limit(seconds: float) -> InitProcessGroupKwargs:
@@ -126,18 +133,18 @@ class Trainer:
             self.word_vector_coverage = load_word_vectors(self.model.embedding, cfg.model.word_vectors, tok.get_vocab())
         if cfg.model.freeze_embeddings:
             self.model.embedding.weight.requires_grad_(False)
-        per_group = self.model.decoupled and cfg.method.backward == "per_group"
+        per_stage = self.model.decoupled and bool(t.pipeline)  # a pipeline steps each stage on its own
         # data parallel shards the loader: each process makes ceil(len / num_processes) updates an epoch; a
         # process pipeline shards it over its replicas, each rank of a replica seeing all of the replica's
         # batches (schedulers unprepared: one tick per update)
         self.replicas = data_replicas(t, acc.num_processes)
-        self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / self.replicas),
-                                      1 if t.pipeline == "processes" else self.replicas)
-        train_stages = prepare_stages(cfg, self.model, self.opt, self.loaders, acc)
+        self.optimization = build_optimization(list(self.model.stages), t, per_stage,
+                                               math.ceil(len(self.loaders.train) / self.replicas),
+                                               1 if t.pipeline == "processes" else self.replicas)
+        train_stages = prepare_stages(cfg, self.model, self.optimization, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)
-        self.engine = build_engine(cfg, self.model, train_stages, self.opt, acc, self._seed_step)
+        self.engine = build_engine(cfg, self.model, train_stages, self.optimization, acc, self._seed_step)
 
     def _seed_step(self, step: int) -> None:
         # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks
@@ -167,7 +174,7 @@ class Trainer:
                     state.next_epoch()
                     self._checkpoint(state)
                     if any_rank(stop.requested is not None, self.accelerator):
-                        self._stop(stop, state)
+                        raise stop_request(stop, state)
         finally:
             self.engine.close()
         if acc.is_main_process:
@@ -206,14 +213,14 @@ class Trainer:
                    disable=not (acc.is_local_main_process and t.progress))
         start, spent = time.perf_counter(), 0.0
         while True:
-            ran = 0
-            for batch, values in self.engine.run(batches, self._chunk(state), state.step):
-                ran += 1
-                self._record_step(state, batch, values)
+            chunk_losses = []  # each step's stage losses, left on the device until the chunk ends
+            for batch, stage_losses in self.engine.run(batches, self._chunk(state), state.step):
+                state.count_step(batch["labels"].shape[0] * self.replicas)
+                chunk_losses.append(torch.as_tensor(stage_losses, dtype=torch.float64))
                 bar.update(1)
-                bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values))
+            self._record_losses(state, chunk_losses, bar)
             # the engine is quiescent here: no thread touches weights until the next run
-            if ran == 0 or state.batches_done >= total or self._out_of_steps(state):
+            if not chunk_losses or state.batches_done >= total or self._out_of_steps(state):
                 break
             asked = any_rank(stop.requested is not None, acc)
             if asked or (t.save_every and state.step % t.save_every == 0):
@@ -222,28 +229,28 @@ class Trainer:
                 self._checkpoint(state)
                 start = time.perf_counter()
             if asked:
-                self._stop(stop, state)
+                raise stop_request(stop, state)
         bar.close()
         state.train_time += time.perf_counter() - start
         return spent + time.perf_counter() - start
 
-    def _record_step(self, state: TrainState, batch: dict, values: list[float]) -> None:
-        bad = state.record_step(batch["labels"].shape[0] * self.replicas, values)
-        if self.cfg.train.log_with and state.step % 10 == 0:
-            self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=state.step)
-        if not bad:
-            return
-        log.warning("step %d: non-finite loss in stage(s) %s; update skipped", state.step, bad)
-        if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
-            raise NonFiniteLoss(
-                f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
-                f"{state.step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
-                f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
-
-    def _stop(self, stop: StopSignal, state: TrainState) -> None:
-        """End training after the checkpoint just saved (every rank agreed on the stop)."""
-        raise StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
-                            "checkpoint saved: continue with the same command and train.resume=auto")
+    def _record_losses(self, state: TrainState, chunk_losses: list[torch.Tensor], bar: tqdm) -> None:
+        """The chunk's stage losses, read on the host at once (no step waits for the device), then recorded step
+        by step: tracker logs, and a non-finite streak stops the run at the step a per-step check would."""
+        rows = torch.stack(chunk_losses).tolist() if chunk_losses else []
+        for step, row in enumerate(rows, start=state.step - len(rows) + 1):
+            bad = state.record_losses(row)
+            if self.cfg.train.log_with and step % 10 == 0:
+                self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(row)}, step=step)
+            if bad:
+                log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
+            if bad and state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
+                raise NonFiniteLoss(
+                    f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
+                    f"{step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
+                    f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
+        if rows:
+            bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in rows[-1]))
 
     def _end_epoch(self, state: TrainState, epoch_time: float) -> None:
         acc, cfg = self.accelerator, self.cfg

@@ -38,7 +38,7 @@ def lr_curve(out: str, steps: int) -> list[float]:
                           f"train.max_steps={steps}")
     curve = []
     for _ in trainer.engine.run(iter(trainer.loaders.train), steps, 0):
-        curve.append(trainer.opt.schedulers[0].get_last_lr()[0])
+        curve.append(trainer.optimization.schedulers[0].get_last_lr()[0])
     return curve
 
 
@@ -52,11 +52,11 @@ def schedule(out: str) -> None:
                           "train.epochs=2", "eval.every_group=false")
     per_epoch = len(trainer.loaders.train)  # batches per process after prepare
     used = []  # the learning rate of each update, read as the optimizer steps
-    trainer.opt.optimizers[0].optimizer.register_step_post_hook(
+    trainer.optimization.optimizers[0].optimizer.register_step_post_hook(
         lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     trainer.fit()
     assert len(used) == 2 * per_epoch and used[-1] > 0.0, used
-    assert trainer.opt.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
+    assert trainer.optimization.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
 
 
 def _weights(trainer) -> torch.Tensor:
@@ -94,8 +94,10 @@ def nan(out: str, backward: str) -> None:
 
 
 def stop_signal(out: str) -> None:
-    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang."""
+    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang. The stop is
+    agreed at the end of the engine's chunk of steps: here 2, so a signal during step 3 stops both at 4."""
     trainer = trainer_for(out, "method.name=scpl", "train.epochs=2")
+    trainer.engine.chunk = 2
     head = trainer.model.stages[0].head
     forward, calls = head.forward, [0]
 
@@ -115,10 +117,10 @@ def stop_signal(out: str) -> None:
     steps = torch.tensor([calls[0]])
     both = [torch.empty_like(steps) for _ in range(2)]
     dist.all_gather(both, steps)
-    assert both[0].item() == both[1].item() == 3, both
+    assert both[0].item() == both[1].item() == 4, both
     if dist.get_rank() == 0:
         saved = sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir())
-        assert saved == ["step_00000003"], saved
+        assert saved == ["step_00000004"], saved
 
 
 def early_stop(out: str) -> None:

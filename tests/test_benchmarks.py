@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import AG_NEWS, HF_CACHE, REPO, SHARED, SWEEP_SEEDS, need
 
+from nlp_decouple.config import load_config
 from nlp_decouple.tuning.recipe import read_provenance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -311,3 +313,16 @@ def test_protocol_tunes_on_validation_reports_fresh_seeds_and_refuses_runs_of_ot
     assert "bp-seed10 was made by other code" in refused.stderr and "--reuse-other-versions" in refused.stderr
     assert protocol(REUSE_OTHER_VERSIONS="1").returncode == 0
     assert json.loads(path.read_text())["code_version"]["id"] == "git:0123456789abcdef"  # kept, not retrained
+
+
+@pytest.mark.parametrize("cell", ["transformer", "lstm", "minilm"])
+def test_step_overhead_cells_are_valid_configs_of_the_protocol_model(cell):
+    step_overhead = script("step_overhead")
+    recipe, overrides = step_overhead.cell_overrides(cell, Path("../shared"), 32)
+    for method in step_overhead.METHODS:
+        cfg = load_config(recipe, [*overrides, f"method.name={method}"])
+        assert cfg.train.grad_clip == 1.0 and cfg.data.max_length == 64 and cfg.method.name == method
+        if cell != "minilm":  # the protocol's small-CPU model: d = 64, embedding + 3 blocks, batch 128
+            assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.batch_size) == (64, 3, 128)
+    with pytest.raises(SystemExit, match="unknown cell"):
+        step_overhead.cell_overrides("gru", Path("../shared"), 32)
