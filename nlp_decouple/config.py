@@ -102,7 +102,8 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 3  # the cap when early_stopping_patience is set
+    early_stopping_patience: int | None = None  # stop after this many epochs without a validation gain; null: off
     batch_size: int = 128
     eval_batch_size: int = 256
     lr: float = 1e-3
@@ -132,6 +133,7 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
+    resume_other_versions: bool = False  # resume a checkpoint made by other code or on other data
 
 
 @dataclass
@@ -433,6 +435,9 @@ def validate(cfg: Config) -> None:
            "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")
     _check(meth.label_dim > 0, f"method.label_dim: {meth.label_dim} must be positive")
     _check(t.epochs > 0, f"train.epochs: {t.epochs} must be a positive integer")
+    _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+           f"train.early_stopping_patience: {t.early_stopping_patience} must be >= 1 (epochs without a validation "
+           "gain before stopping) or null (off)")
     _check(t.batch_size > 1, f"train.batch_size: {t.batch_size} must be >= 2 (contrastive losses need pairs)")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size: {t.eval_batch_size} must be positive")
     _check(t.lr > 0, f"train.lr: {t.lr} must be > 0, e.g. train.lr=1e-3")
@@ -469,8 +474,8 @@ def validate(cfg: Config) -> None:
 
 
 # how and where a run is carried out, not what it computes: a run may be moved, or resumed with other values
-_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.progress", "train.save_every", "train.timeout_s",
-                 "train.keep_checkpoints", "train.log_with", "data.num_workers"}
+_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.resume_other_versions", "train.progress",
+                 "train.save_every", "train.timeout_s", "train.keep_checkpoints", "train.log_with", "data.num_workers"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -168,6 +168,7 @@ def test_unknown_key_without_close_match_lists_known_keys():
     ("train.progress=maybe", "train.progress"),
     ("train.batch_size=true", "train.batch_size"),
     ("method.inforeg_weights=1,x,2", "method.inforeg_weights[1]"),
+    ("train.early_stopping_patience=2.5", "train.early_stopping_patience"),
 ])
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises(UserError, match="expected") as info:
@@ -195,6 +196,7 @@ def test_section_given_a_scalar(tmp_path):
     (["method.inforeg_weights=1,1"], "method.inforeg_weights"),
     (["tokenizer.vocab_size=10"], "tokenizer.vocab_size"),
     (["data.name=custom"], "data.path"),
+    (["train.early_stopping_patience=0"], "train.early_stopping_patience"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
     with pytest.raises(UserError) as info:
