@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,13 +49,20 @@ SCHEDULES = {"torch_gpipe": ScheduleGPipe, "torch_1f1b": Schedule1F1B}
 
 class Partition(nn.Module):
     """Rank r's block of bp's layer groups as a pipelining submodule: the carry's tensors in, out (the last
-    block: the micro-batch's loss). ``wire``: (rows, tokens) every carry is padded to between ranks."""
+    block: the micro-batch's loss). ``wire``: (rows, tokens) every carry is padded to between ranks;
+    ``context`` (e.g. autocast) is entered around each forward."""
 
-    def __init__(self, groups: Sequence[nn.Module], head: nn.Module | None, first: bool, wire: tuple[int, int]):
+    def __init__(self, groups: Sequence[nn.Module], head: nn.Module | None, first: bool, wire: tuple[int, int],
+                 context: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
         self.groups, self.head, self.first, self.wire = nn.ModuleList(groups), head, first, wire
+        self.context = context
 
     def forward(self, *received: Tensor, mask: Tensor, labels: Tensor | None = None):
+        with self.context():
+            return self._forward(received, mask, labels)
+
+    def _forward(self, received: tuple[Tensor, ...], mask: Tensor, labels: Tensor | None):
         rows, length = mask.shape  # this micro-batch's own
         if self.first:
             carry = Carry(received[0], mask)
@@ -78,18 +85,19 @@ class TorchPipeline(Engine):
     """This rank's part of bp on a ``torch.distributed.pipelining`` schedule (see the module doc).
 
     ``stage``: bp's one stage; ``owners``: each of its groups' rank; ``schedule``: a key of :data:`SCHEDULES`;
-    ``step(finite)``: clip, step (or skip) and zero this rank's optimizer; ``seed(step)`` before each batch."""
+    ``step(finite)``: clip, step (or skip) and zero this rank's optimizer; ``seed(step)`` before each batch;
+    ``context``: see :class:`Partition`."""
 
     chunk = 64
 
     def __init__(self, stage: nn.Module, owners: Sequence[int], schedule: str, micro_batches: int,
                  wire: tuple[int, int], device: torch.device, step: Callable[[bool], None],
-                 seed: Callable[[int], None]):
+                 seed: Callable[[int], None], context: Callable[[], ContextManager] = contextlib.nullcontext):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.last = self.rank == self.world - 1
         groups = list(stage.groups)
         mine = [g for g, r in zip(groups, owners) if r == self.rank]
-        self.partition = Partition(mine, stage.head if self.last else None, self.rank == 0, wire)
+        self.partition = Partition(mine, stage.head if self.last else None, self.rank == 0, wire, context)
         self.owned = [*zip(groups, owners), (stage.head, self.world - 1)]  # (module, its rank)
         self.schedule, self.micro_batches = schedule, micro_batches
         self.device, self.step, self.seed = torch.device(device), step, seed
@@ -222,7 +230,8 @@ def build_torch_pipeline(cfg, model, optimization, accelerator, seed: Callable[[
         optimizer.zero_grad(set_to_none=True)
 
     wire = (math.ceil(t.batch_size / t.micro_batches), max_length)
-    engine = TorchPipeline(stage, owners, t.pipeline, t.micro_batches, wire, accelerator.device, step, seed)
+    engine = TorchPipeline(stage, owners, t.pipeline, t.micro_batches, wire, accelerator.device, step, seed,
+                           accelerator.autocast)
     accelerator.register_for_checkpointing(SplitState(engine, optimizer, scheduler))
     return engine
 
