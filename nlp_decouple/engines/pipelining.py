@@ -128,7 +128,7 @@ class TorchPipeline(Engine):
         self.total = labels.shape[0]
         schedule = self._schedule(min(self.micro_batches, self.total))
         losses: list[Tensor] = []
-        with self._guard("a pipelined bp step"), torch.enable_grad():
+        with peer_guard("a pipelined bp step"), torch.enable_grad():
             if self.rank == 0:
                 schedule.step(batch["input_ids"].to(self.device), mask=mask, return_outputs=False)
             elif self.last:
@@ -142,26 +142,28 @@ class TorchPipeline(Engine):
         self.step(math.isfinite(loss))
         return loss
 
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """A lost peer (gloo or a distributed error) ends the rank with one line; other errors pass."""
-        try:
-            yield
-        except RuntimeError as err:
-            if not (isinstance(err, dist.DistError) or "gloo" in str(err).lower()):
-                raise
-            raise _peer_error(err, what) from None
-
     def gather_weights(self) -> None:
         """Every group's and the head's parameters and buffers from its owner to every rank."""
         for module, owner in self.owned:
             for t in itertools.chain(module.parameters(), module.buffers()):
                 buf = t.detach().to(self.transport).contiguous()
-                with self._guard("sharing the weights"):
+                with peer_guard("sharing the weights"):
                     dist.broadcast(buf, owner)
                 if self.rank != owner:
                     with torch.no_grad():
                         t.copy_(buf.to(t.dtype))
+
+
+@contextlib.contextmanager
+def peer_guard(what: str) -> Iterator[None]:
+    """A failed wait on another rank (a gloo or distributed error: that rank crashed or hangs past the process
+    group's deadline) ends this rank with one line naming ``what``; any other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not (isinstance(err, dist.DistError) or "gloo" in str(err).lower()):
+            raise
+        raise _peer_error(err, what) from None
 
 
 class SplitState:

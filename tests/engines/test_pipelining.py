@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from nlp_decouple.config import load_config
-from nlp_decouple.engines.pipelining import Partition
+from nlp_decouple.engines.pipelining import Partition, peer_guard
+from nlp_decouple.engines.processes import PipelinePeerError
 from nlp_decouple.errors import UserError
 from nlp_decouple.models import BlockGroup, Carry, LSTMBlock
 
@@ -67,3 +68,15 @@ def test_a_partition_cuts_the_padded_carry_back_to_its_micro_batch():
     torch.testing.assert_close(out[0][:2, :5], want.hidden, rtol=0, atol=0)
     assert out[0][2:].abs().sum() == 0 and out[0][:, 5:].abs().sum() == 0
     torch.testing.assert_close(out[1][:, :2], want.state[0], rtol=0, atol=0)
+
+
+def test_a_lost_peer_ends_a_step_with_one_line_and_other_errors_pass():
+    with pytest.raises(PipelinePeerError) as caught:
+        with peer_guard("a pipelined bp step"):
+            raise torch.distributed.DistBackendError(
+                "[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4. more\nlines")
+    assert str(caught.value) == ("pipeline rank 0: a pipelined bp step failed (Connection closed by peer "
+                                 "[127.0.0.1]:4); another rank has probably failed or hangs: see its log")
+    with pytest.raises(RuntimeError, match="^size mismatch$"):
+        with peer_guard("a pipelined bp step"):
+            raise RuntimeError("size mismatch")
