@@ -8,7 +8,8 @@ through the trainer under ``accelerate.debug_launcher``; the sequential referenc
 parent (no torch work before the fork, as in _process_check.py). A case's weights must equal the whole-batch
 reference's within float rounding: the micro-batch losses are scaled to sum to the batch mean. Also: the
 checkpoint of a pipelined run, loaded by a fresh trainer, gives every rank the same weights and its own
-parameters' optimizer states. Prints ``ok`` when every check holds.
+parameters' optimizer states; 1F1B with fewer micro-batches than ranks, and more ranks than layer groups,
+are refused with one line. Prints ``ok`` when every check holds.
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ def pipelines(out: Path) -> None:
         trainer, got = fit(out, name, f"model.encoder={encoder}", f"train.pipeline={schedule}",
                            f"train.micro_batches={micro}", *extra)
         assert type(trainer.engine).__name__ == "TorchPipeline" and trainer.engine.world == dist.get_world_size() == 2
+        used = {type(s).__name__ for s in trainer.engine.schedules.values()}  # 16-row and 2-row batches
+        assert used == {"ScheduleGPipe" if schedule == "torch_gpipe" else "Schedule1F1B"}, used
         if dist.get_rank() == 0:
             torch.save(got, out / f"{name}.pt")
+    refused(out)
     # the last case's checkpoint (epoch end), loaded by a fresh trainer of the same run
     schedule, encoder, micro, extra = CASES[-1]
     name = f"{schedule}-{encoder}"
@@ -75,6 +79,22 @@ def pipelines(out: Path) -> None:
     for p, q in mine:
         for k, v in before[p].items():
             assert torch.equal(v, after[q][k]), f"optimizer state {k}"
+
+
+def refused(out: Path) -> None:
+    """Layouts the launch cannot run end with one line on every rank, before any training."""
+    from nlp_decouple.errors import UserError
+
+    for extra, message in [(("train.pipeline=torch_1f1b", "train.micro_batches=1"),
+                            "train.pipeline=torch_1f1b needs train.micro_batches >= the 2 pipeline ranks (got 1)"),
+                           (("train.pipeline=torch_gpipe", "model.groups=1"),
+                            "train.pipeline=torch_gpipe: 2 processes for 1 layer groups leaves a rank without one; "
+                            "launch at most 1 processes or raise model.groups")]:
+        try:
+            Trainer(load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={out}", "run_name=refused", *extra]))
+            raise AssertionError(f"{extra} was not refused")
+        except UserError as err:
+            assert str(err) == message, str(err)
 
 
 def key_bias(key: str, value: torch.Tensor) -> torch.Tensor | None:
