@@ -62,6 +62,18 @@ def test_sample_is_a_seeded_prefix_and_splits_hash_the_normalised_name():
     assert abs(shares["train"] / 20_000 - 0.8) < 0.01 and abs(shares["test"] / 20_000 - 0.1) < 0.01
 
 
+def test_rare_families_go_and_large_ones_keep_their_smallest_cap_ranks():
+    rows = [{"name": f"a-{i}", "text": f"a {i}", "label": "A"} for i in range(50)]
+    rows += [{"name": f"b-{i}", "text": f"b {i}", "label": "B"} for i in range(7)]
+    rows += [{"name": f"c-{i}", "text": f"c {i}", "label": "C"} for i in range(2)]
+    kept, names, rare, capped = build.keep_frequent(rows, min_class=3, max_class=10)
+    assert names == ["A", "B"] and rare == {"C": 2} and capped == {"A": 50}
+    assert [r["name"] for r in kept] == sorted(r["name"] for r in kept)
+    expected_a = sorted((f"a-{i}" for i in range(50)), key=build.cap_rank)[:10]
+    assert {r["name"] for r in kept if r["label"] == "A"} == set(expected_a)
+    assert {r["name"] for r in kept if r["label"] == "B"} == {f"b-{i}" for i in range(7)}
+
+
 def test_index_url_comes_from_pip_and_the_json_location_from_it(monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "http://mirror.test/simple/")
     assert build.default_index_url() == "http://mirror.test/simple/"

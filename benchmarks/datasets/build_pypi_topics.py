@@ -11,7 +11,8 @@
    Simple API) with a thread pool, timeouts and retries. Each answer is cached under ``--cache`` as one
    small JSON file (summary, the first characters of the description, classifiers), so a rerun resumes.
 4. **Label.** A project is kept when its trove classifiers name exactly one second-level ``Topic :: X``
-   family; X is the label. Families with fewer than ``--min-class`` texts after cleaning are dropped.
+   family; X is the label. Families with fewer than ``--min-class`` texts after cleaning are dropped; larger
+   than ``--max-class``, cut to that many by a hash of the name (independent of the split's hash).
 5. **Text.** summary + " " + the first ``--desc-chars`` characters of the cleaned long description
    (see ``pypi_text.py``); texts under ``--min-chars`` characters are dropped; identical texts are kept
    once (dropped entirely when their projects disagree on the label).
@@ -67,6 +68,10 @@ def split_of(name: str) -> str:
     return "train" if bucket < 8 else "validation" if bucket == 8 else "test"
 
 
+def cap_rank(name: str) -> str:
+    return hashlib.sha256(("cap:" + normalise_name(name)).encode()).hexdigest()
+
+
 def sample_names(names: list[str], size: int, seed: int) -> list[str]:
     order = np.random.default_rng(seed).permutation(len(names))
     return [names[i] for i in order[:size]]
@@ -104,11 +109,18 @@ def label_and_clean(records: dict[str, dict], desc_chars: int, min_chars: int) -
     return sorted(unique, key=lambda r: r["name"]), dropped
 
 
-def keep_frequent(rows: list[dict], min_class: int) -> tuple[list[dict], list[str], dict[str, int]]:
+def keep_frequent(rows: list[dict], min_class: int, max_class: int) -> tuple[list[dict], list[str], dict, dict]:
+    """Families with at least ``min_class`` texts, each cut to its ``max_class`` projects of smallest
+    ``cap_rank`` (a hash independent of the split's, so a cut keeps the 80/10/10 shares)."""
     counts = Counter(r["label"] for r in rows)
     names = sorted(label for label, n in counts.items() if n >= min_class)
     rare = {label: n for label, n in sorted(counts.items()) if n < min_class}
-    return [r for r in rows if r["label"] in names], names, rare
+    capped = {label: n for label, n in sorted(counts.items()) if label in names and n > max_class}
+    kept = []
+    for label in names:
+        mine = [r for r in rows if r["label"] == label]
+        kept += sorted(mine, key=lambda r: cap_rank(r["name"]))[:max_class]
+    return sorted(kept, key=lambda r: r["name"]), names, rare, capped
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,6 +136,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--desc-chars", type=int, default=800, help="characters of cleaned long description kept")
     parser.add_argument("--min-chars", type=int, default=20, help="shorter texts are dropped")
     parser.add_argument("--min-class", type=int, default=150, help="families with fewer texts are dropped")
+    parser.add_argument("--max-class", type=int, default=6000,
+                        help="larger families keep this many texts (a name-hash sample), for size and balance")
     parser.add_argument("--floor", type=Path, help="a benchmarks/tfidf_floor.py JSON to report in the card")
     parser.add_argument("--offline", action="store_true", help="build from the cache only; fetch nothing")
     return parser.parse_args(argv)
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     records = fetch_projects(sample, args.json_url or json_url_template(index_url), args.cache,
                              args.workers, offline=args.offline)
     rows, dropped = label_and_clean(records, args.desc_chars, args.min_chars)
-    rows, label_names, rare = keep_frequent(rows, args.min_class)
+    rows, label_names, rare, capped = keep_frequent(rows, args.min_class, args.max_class)
     splits = {s: [r for r in rows if split_of(r["name"]) == s] for s in SPLITS}
     write_splits(args.out, splits, label_names)
     command = "python benchmarks/datasets/build_pypi_topics.py " + shlex.join(
@@ -145,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     floor = json.loads(args.floor.read_text()) if args.floor else None
     write_card(args.out, {"date": datetime.date.today().isoformat(), "command": command,
                           "index_names": len(names), "sampled": len(sample), "fetched": len(records),
-                          "dropped": dict(dropped), "rare": rare, "label_names": label_names,
+                          "dropped": dict(dropped), "rare": rare, "capped": capped, "label_names": label_names,
                           "splits": splits, "args": vars(args), "floor": floor})
     print(f"{len(rows)} texts, {len(label_names)} classes: "
-          + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + f"; dropped {dict(dropped)}; rare {rare}")
+          + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+          + f"; dropped {dict(dropped)}; rare {rare}; capped {capped}")
     return 0
 
 

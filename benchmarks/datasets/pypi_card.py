@@ -54,6 +54,7 @@ def write_card(out: Path, info: dict) -> None:
     args, splits, names = info["args"], info["splits"], info["label_names"]
     dropped = ", ".join(f"{why} {n:,}" for why, n in sorted(info["dropped"].items(), key=lambda kv: -kv[1]))
     rare = ", ".join(f"{name} {n}" for name, n in sorted(info["rare"].items(), key=lambda kv: -kv[1])) or "none"
+    capped = ", ".join(f"{name} {n:,} before the cut" for name, n in info["capped"].items()) or "none"
     lines = [
         "---", "license: other", "task_categories:", "- text-classification", "language:", "- en", "- multilingual",
         "pretty_name: Python package topics", "configs:", "- config_name: default", "  data_files:",
@@ -73,7 +74,10 @@ def write_card(out: Path, info: dict) -> None:
         "trove classifiers.",
         "3. **Label.** Kept when the classifiers name exactly one second-level `Topic :: X` family (any depth "
         "below it counts as X); X is the label. Projects with several families are dropped, not split. "
-        f"Families with fewer than {args['min_class']} texts after cleaning were dropped: {rare}.",
+        f"Families with fewer than {args['min_class']} texts after cleaning were dropped: {rare}. Families with "
+        f"more than {args['max_class']:,} were cut to {args['max_class']:,} (the projects with the smallest "
+        f"SHA-256 of \"cap:\" + normalised name, a hash independent of the split's), for size and balance: "
+        f"{capped}.",
         f"4. **Text.** summary + \" \" + the first {args['desc_chars']} characters (cut at a word boundary) of "
         "the long description after cleaning: fenced code, HTML comments/`<pre>`/`<code>`, interactive sessions, "
         "reST directives (images, badges, code blocks) and field lines, Markdown reference definitions, section "
