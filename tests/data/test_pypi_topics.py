@@ -1,0 +1,50 @@
+"""The committed datasets/pypi_topics loads with the package's loader and is what its card says: the splits,
+the classes and the per-class counts of the card's table, clean texts, no text in two splits."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+from conftest import REPO
+
+from nlp_decouple.config import DataConfig
+from nlp_decouple.data import load_text_data
+
+PYPI_TOPICS = REPO / "datasets" / "pypi_topics"
+SPLITS = ("train", "validation", "test")
+
+
+def card_counts() -> dict[str, dict[str, int]]:
+    """label -> split -> count, from the card's table (rows `| label | train | validation | test | all | share |`)."""
+    table = {}
+    for line in (PYPI_TOPICS / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and re.fullmatch(r"[\d,]+", cells[1]) and not cells[0].startswith("**"):
+            table[cells[0]] = {s: int(c.replace(",", "")) for s, c in zip(SPLITS, cells[1:4])}
+    return table
+
+
+@pytest.fixture(scope="module")
+def pypi_topics():
+    return load_text_data(DataConfig(name="custom", path=str(PYPI_TOPICS)), seed=0)
+
+
+def test_loads_with_its_own_splits_and_the_cards_classes_and_counts(pypi_topics):
+    data = pypi_topics
+    assert data.stats.get("validation_from_source") and not data.stats.get("test_carved_from_train")
+    expected = card_counts()
+    assert data.label_names == sorted(expected) and 10 <= data.num_classes <= 25
+    for split in SPLITS:
+        got = Counter(data.label_names[y] for y in data.splits[split]["label"])
+        assert got == Counter({name: per[split] for name, per in expected.items()}), split
+    assert min(sum(per.values()) for per in expected.values()) >= 150
+    assert sum(len(data.splits[s]) for s in SPLITS) >= 12_000
+
+
+def test_texts_are_clean_and_never_shared_between_splits(pypi_topics):
+    texts = {s: pypi_topics.splits[s]["text"] for s in SPLITS}
+    every = [t for s in SPLITS for t in texts[s]]
+    assert len(set(every)) == len(every)
+    assert min(map(len, every)) >= 20
+    assert not [t for t in every if re.search(r"\S+\s+::\s+\S|https?://", t)]  # no classifier, no raw address
