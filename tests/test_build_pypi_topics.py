@@ -45,6 +45,12 @@ def test_clean_description_rest_and_html():
     assert clean_description(raw) == "Title Uses Requests and thing.run . Fish & chips at <url>"
 
 
+def test_addresses_become_placeholders_in_descriptions_and_summaries():
+    assert clean_description("Mail dev.team+x@mail.example.com, see github.com/a/b. Or socket.io; setup.py, e.g. "
+                             "<https://x.example/z>.") == "Mail <email>, see <url>. Or <url>; setup.py, e.g. <url>."
+    assert build_text("On www.example.org/x and docs.example.io", "", 800) == "On <url> and <url>"
+
+
 def test_build_text_joins_summary_and_description_without_repeating_or_placeholders():
     assert build_text("A parser.", "A parser. It parses things.", 800) == "A parser. It parses things."
     assert build_text("UNKNOWN", "Real words here", 800) == "Real words here"
@@ -164,4 +170,16 @@ def test_build_fetches_labels_cleans_splits_and_rebuilds_from_its_cache(tmp_path
     assert build.main([*args, "--offline"]) == 0  # from the cache alone: nothing fetched, the same files
     assert sum(seen.values()) == requests
     assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before
+    card = (out / "README.md").read_text()
+    floor = {"recipe": "r.yaml", "overrides": ["data.name=custom"], "summary": {"test_accuracy_mean": 0.5,
+             "test_macro_f1_mean": 0.25}, "runs": [{"seed": 0, "train": 13, "validation": 2, "test": 2, "C": 0.3,
+             "validation_accuracy": 0.75, "validation_accuracy_by_C": {"0.3": 0.75, "1.0": 0.5}}]}
+    (tmp_path / "floor.json").write_text(json.dumps(floor))
+    assert build.main(["--out", str(out), "--card-only", "--floor", str(tmp_path / "floor.json")]) == 0
+    with_floor = (out / "README.md").read_text()
+    assert "test accuracy **50.00**, macro-F1 **25.00**" in with_floor
+    assert with_floor.replace(with_floor.split("## TF-IDF")[1].split("## Licence")[0], "") == \
+        card.replace(card.split("## TF-IDF")[1].split("## Licence")[0], "")
+    with pytest.raises(SystemExit):
+        build.main(["--out", str(out)])  # building needs --cache
     assert normalise_name("Net.0") == "net-0"

@@ -42,6 +42,7 @@ from pypi_text import build_text, normalise_name, topic_family
 from pypi_card import write_card, write_splits
 
 SPLITS = ("train", "validation", "test")
+BUILD_INFO = "build_info.json"  # what the card is written from, so a floor can be added without a rebuild
 
 
 def default_index_url() -> str:
@@ -130,7 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                            "(default: <index root>/pypi/{name}/json)")
     parser.add_argument("--sample", type=int, default=200_000, help="how many project names to fetch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the name sample")
-    parser.add_argument("--cache", type=Path, required=True, help="folder for the raw answers (outside the repo)")
+    parser.add_argument("--cache", type=Path, help="folder for the raw answers (outside the repo)")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write (Hub layout)")
     parser.add_argument("--workers", type=int, default=24, help="concurrent requests")
     parser.add_argument("--desc-chars", type=int, default=800, help="characters of cleaned long description kept")
@@ -139,12 +140,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-class", type=int, default=6000,
                         help="larger families keep this many texts (a name-hash sample), for size and balance")
     parser.add_argument("--floor", type=Path, help="a benchmarks/tfidf_floor.py JSON to report in the card")
+    parser.add_argument("--card-only", action="store_true",
+                        help="rewrite README.md from --out's build_info.json (and --floor); build nothing")
     parser.add_argument("--offline", action="store_true", help="build from the cache only; fetch nothing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cache is None and not args.card_only:
+        parser.error("--cache is required to build: a folder outside the repository for the raw answers")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    floor = json.loads(args.floor.read_text()) if args.floor else None
+    if args.card_only:
+        write_card(args.out, json.loads((args.out / BUILD_INFO).read_text()), floor)
+        return 0
     index_url = args.index_url or default_index_url()
     names = project_names(index_url, args.cache, offline=args.offline)
     sample = sample_names(names, args.sample, args.seed)
@@ -156,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     write_splits(args.out, splits, label_names)
     command = "python benchmarks/datasets/build_pypi_topics.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]))
-    floor = json.loads(args.floor.read_text()) if args.floor else None
-    write_card(args.out, {"date": datetime.date.today().isoformat(), "command": command,
-                          "index_names": len(names), "sampled": len(sample), "fetched": len(records),
-                          "dropped": dict(dropped), "rare": rare, "capped": capped, "label_names": label_names,
-                          "splits": splits, "args": vars(args), "floor": floor})
+    settings = {k: v for k, v in vars(args).items() if k in ("seed", "desc_chars", "min_chars", "min_class",
+                                                             "max_class")}
+    info = {"date": datetime.date.today().isoformat(), "command": command, "index_names": len(names),
+            "sampled": len(sample), "fetched": len(records), "dropped": dict(sorted(dropped.items())),
+            "rare": rare, "capped": capped, "label_names": label_names, "settings": settings,
+            "counts": {s: dict(sorted(Counter(r["label"] for r in rows).items())) for s, rows in splits.items()}}
+    (args.out / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    write_card(args.out, info, floor)
     print(f"{len(rows)} texts, {len(label_names)} classes: "
           + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
           + f"; dropped {dict(dropped)}; rare {rare}; capped {capped}")

@@ -1,7 +1,6 @@
 """Write the dataset in Hub layout (parquet under ``data/``) and its README.md card from what was built."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, Features, Value
@@ -21,16 +20,15 @@ def write_splits(out: Path, splits: dict[str, list[dict]], label_names: list[str
         ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
 
 
-def _counts_table(splits: dict[str, list[dict]], label_names: list[str]) -> list[str]:
-    counts = {s: Counter(r["label"] for r in rows) for s, rows in splits.items()}
-    total = sum(len(rows) for rows in splits.values())
+def _counts_table(counts: dict[str, dict[str, int]], label_names: list[str]) -> list[str]:
+    total = sum(sum(per.values()) for per in counts.values())
     lines = ["| label | " + " | ".join(SPLITS) + " | all | share |", "|---|" + "---:|" * (len(SPLITS) + 2)]
-    order = sorted(label_names, key=lambda n: (-sum(counts[s][n] for s in SPLITS), n))
+    order = sorted(label_names, key=lambda n: (-sum(counts[s].get(n, 0) for s in SPLITS), n))
     for name in order:
-        row = [counts[s][name] for s in SPLITS]
+        row = [counts[s].get(name, 0) for s in SPLITS]
         lines.append(f"| {name} | " + " | ".join(f"{n:,}" for n in row)
                      + f" | {sum(row):,} | {100 * sum(row) / total:.1f}% |")
-    sizes = [len(splits[s]) for s in SPLITS]
+    sizes = [sum(counts[s].values()) for s in SPLITS]
     lines.append("| **all** | " + " | ".join(f"**{n:,}**" for n in sizes) + f" | **{total:,}** | 100% |")
     return lines
 
@@ -50,8 +48,8 @@ def _floor_lines(floor: dict | None) -> list[str]:
             "the source's own, so every seed scores the same model)."]
 
 
-def write_card(out: Path, info: dict) -> None:
-    args, splits, names = info["args"], info["splits"], info["label_names"]
+def write_card(out: Path, info: dict, floor: dict | None) -> None:
+    args, counts, names = info["settings"], info["counts"], info["label_names"]
     dropped = ", ".join(f"{why} {n:,}" for why, n in sorted(info["dropped"].items(), key=lambda kv: -kv[1]))
     rare = ", ".join(f"{name} {n}" for name, n in sorted(info["rare"].items(), key=lambda kv: -kv[1])) or "none"
     capped = ", ".join(f"{name} {n:,} before the cut" for name, n in info["capped"].items()) or "none"
@@ -62,9 +60,9 @@ def write_card(out: Path, info: dict) -> None:
         "# pypi_topics — Python package descriptions labelled by topic", "",
         f"Real package descriptions from the Python package index, labelled with the one `Topic ::` trove "
         f"classifier family their authors chose: **{len(names)} unbalanced classes**, "
-        f"{sum(len(v) for v in splits.values()):,} texts. Columns `text` (string) and `label` (ClassLabel with "
+        f"{sum(sum(per.values()) for per in counts.values()):,} texts. Columns `text` (string) and `label` (ClassLabel with "
         "the family names). Built for evaluating text classifiers on a set no setting was tuned on.", "",
-        "## Counts", "", *_counts_table(splits, names), "",
+        "## Counts", "", *_counts_table(counts, names), "",
         "## How it was built", "",
         f"Built on {info['date']} with", "", "```bash", info["command"], "```", "",
         f"1. **Names.** The index's Simple API root listed {info['index_names']:,} projects (cached with the "
@@ -83,7 +81,8 @@ def write_card(out: Path, info: dict) -> None:
         "reST directives (images, badges, code blocks) and field lines, Markdown reference definitions, section "
         "underlines and every line holding an `A :: B` list (so classifiers quoted in a README never reach the "
         "text) are dropped; Markdown/reST links and roles keep their text, images and badges go, HTML tags are "
-        "removed and entities decoded, web addresses become `<url>`, whitespace is collapsed; a description "
+        "removed and entities decoded, web addresses (bare domain names with a common top-level domain too) "
+        "become `<url>` and e-mail addresses `<email>`, whitespace is collapsed; a description "
         "opening with the summary does not repeat it; `UNKNOWN`-style placeholders count as empty. The "
         "classifiers themselves are never part of the text.",
         f"5. **Filter.** Texts under {args['min_chars']} characters are dropped; identical texts are kept once "
@@ -91,11 +90,12 @@ def write_card(out: Path, info: dict) -> None:
         "6. **Split.** 80/10/10 train/validation/test by the SHA-256 of the project's normalised name (PEP 503) "
         "modulo 10 (0–7 train, 8 validation, 9 test): a project lands in one split whatever its version. Rows "
         "are sorted by normalised name within each split.", "",
+        "`build_info.json` holds the numbers this card is written from.", "",
         f"Dropped on the way: {dropped}.", "",
         "Descriptions are written by package authors: most are English, some are in other languages; some are "
         "terse or templated. Labels are the authors' own choice of classifier, so they are noisy (a web "
         "scraper may be filed under Internet or Software Development).", "",
-        "## TF-IDF + linear floor", "", *_floor_lines(info["floor"]), "",
+        "## TF-IDF + linear floor", "", *_floor_lines(floor), "",
         "## Licence", "",
         "The package metadata (summaries, descriptions, classifiers) is published by each package's authors "
         "under their package's own licence; this set redistributes short excerpts of it for research "

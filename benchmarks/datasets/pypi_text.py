@@ -20,7 +20,10 @@ _DROP_LINES = [
     re.compile(r"^\s*[=\-~^*#+`'\".:_]{3,}\s*$"),  # reST section underlines, horizontal rules
     re.compile(r"^\s*(>>>|\$ |\.\.\. |In \[\d+\]:)"),  # interactive sessions
 ]
-_URL = re.compile(r"(?:(?:https?|ftp)://|www\.)[^\s<>()\[\]\"']+(?<![.,;:!?])", re.I)  # not its final stop
+_URL = re.compile(r"(?:(?:https?|ftp)://|www\.)[^\s<>()\[\]\"']+(?<![.,;:!?])"  # not its final stop
+                  r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|io|dev|ai|app|co|edu|gov|info|me|xyz|cn|de|uk|jp|fr|ru|in)"
+                  r"\b(?:/[^\s<>()\[\]\"']*(?<![.,;:!?]))?", re.I)  # and bare domain names
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _SUBS = [
     (re.compile(r"`([^`<]+?)\s*<[^>]+>`__?"), r"\1"),  # reST links: keep their text
     (re.compile(r"<((?:https?|ftp)://[^\s<>]+)>"), r"\1"),  # Markdown autolinks: the bare address
@@ -59,17 +62,18 @@ def _meaningful(text: str) -> str:
 
 def clean_description(raw: str) -> str:
     """Markdown, reST or HTML prose as plain text: code, badges, directives and classifier lists dropped,
-    links reduced to their text, web addresses replaced by ``<url>``, whitespace collapsed."""
+    links reduced to their text, web addresses (bare domain names too) replaced by ``<url>`` and e-mail
+    addresses by ``<email>``, whitespace collapsed."""
     text = html.unescape(raw.replace("\r\n", "\n").replace("\r", "\n"))
     for block in _DROP_BLOCKS:
         text = block.sub("\n", text)
     text = "\n".join(line for line in text.split("\n") if not any(p.search(line) for p in _DROP_LINES))
     for pattern, repl in _SUBS[:6]:  # link texts out before addresses become placeholders
         text = pattern.sub(repl, text)
-    text = _URL.sub("\x00", text)
+    text = _URL.sub("\x00", _EMAIL.sub("\x01", text))
     for pattern, repl in _SUBS[6:]:
         text = pattern.sub(repl, text)
-    return re.sub(r"\s+", " ", text).replace("\x00", "<url>").strip()
+    return re.sub(r"\s+", " ", text).replace("\x00", "<url>").replace("\x01", "<email>").strip()
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -83,7 +87,7 @@ def _truncate(text: str, limit: int) -> str:
 def build_text(summary: str, description: str, desc_chars: int) -> str:
     """summary + " " + the first ``desc_chars`` characters of the cleaned description (word boundary).
     A description that opens with the summary does not repeat it."""
-    summary = re.sub(r"\s+", " ", _URL.sub("<url>", _meaningful(summary)))
+    summary = re.sub(r"\s+", " ", _URL.sub("<url>", _EMAIL.sub("<email>", _meaningful(summary))))
     body = clean_description(_meaningful(description))
     if summary and body.lower().startswith(summary.lower()):
         body = body[len(summary):].lstrip(" .:-")
