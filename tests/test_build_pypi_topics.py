@@ -51,6 +51,57 @@ def test_addresses_become_placeholders_in_descriptions_and_summaries():
     assert build_text("On www.example.org/x and docs.example.io", "", 800) == "On <url> and <url>"
 
 
+def test_email_addresses_in_every_written_form_become_placeholders():
+    assert clean_description("Write to ann.lee@uni.example.org, <bob@host.example.com>, [mail us](mailto:team@"
+                             "host.example.com) or [carl@x.example.com](mailto:carl@x.example.com).") == \
+        "Write to <email>, <email>, mail us or <email>."
+    assert clean_description("Ann: ann [at] uni [dot] edu, bob (at) host (dot) org, carl{at}host.org, dan AT host "
+                             "DOT com, eve at host dot org.") == "Ann: <email>, <email>, <email>, <email>, <email>."
+    assert clean_description("Maintainers: first.last at host.org, jo at gmail.com, Mo Ray (ray at lab.org), "
+                             "Ann Lee lee at lab.org, e-mail: kim at lab.org.") == \
+        "Maintainers: <email>, <email>, Mo Ray (<email>), Ann Lee <email>, e-mail: <email>."
+    # "at" before a site is not an address unless the name looks like a mailbox
+    assert clean_description("Docs are available at github.com, contact us at example.com, look at main.py, e.g. "
+                             "at example.com.") == \
+        "Docs are available at <url>, contact us at <url>, look at main.py, e.g. at <url>."
+
+
+def test_rest_literal_markers_go_with_their_literal_blocks():
+    assert clean_description("Install it with::\n\n    pip install thing\n    thing --run\n\nThen it runs.") == \
+        "Install it with: Then it runs."
+    assert clean_description("Usage ::\n\n    thing --run\n\nDone.\n\n::\n\n    code only\n\nEnd.") == "Usage Done. End."
+    assert clean_description("Uses std::vector and a C++ Foo::Bar.") == "Uses std::vector and a C++ Foo::Bar."
+    assert build_text("Example:: of use", "", 800) == "Example: of use"
+
+
+def test_rest_directives_comments_targets_and_references():
+    raw = (".. code-block:: python\n\n    import thing\n\nText after.\n\n.. note:: Mind the gap.\n   Second line.\n\n"
+           ".. start-badges\n\n   |a| |b|\n\n.. _Sentry: https://sentry.example.com\n"
+           ".. |b| image:: https://b.example/b.svg\n    :target: https://b.example\n\n"
+           "See Sentry_, the `blog post`_ and `this`__.")
+    assert clean_description(raw) == "Text after. Mind the gap. Second line. See Sentry, the blog post and this."
+    assert clean_description("Call :func:`~pkg.run`, read :ref:`the guide <guide>` and :class:`Thing`.") == \
+        "Call pkg.run, read the guide and Thing."
+
+
+def test_underlines_rules_and_table_borders_go():
+    raw = ("=====\nTitle\n=====\n\nSection\n-------\n\n| Name | Role |\n|------|:----:|\n| a | b |\n\n"
+           "+----+----+\n| x  | y  |\n+====+====+\n\nOne --- two.")
+    assert clean_description(raw) == "Title Section Name Role a b x y One two."
+
+
+def test_html_and_markdown_leftovers_go():
+    assert clean_description('<div align="center"><b>Bold</b> &amp; <i>brave</i></div><br/>') == "Bold & brave"
+    raw = ("[![badge]][ref] [![ci](https://ci.example/b.svg)](https://ci.example) ![logo] Text "
+           "[see [1] here](https://x.example/y) and [Guide][g] and \\*stars\\*.")
+    assert clean_description(raw) == "Text see [1] here and Guide and stars."
+
+
+def test_summaries_get_the_inline_cleaning():
+    assert build_text("``aspectlib`` is a `lib <https://x.example>`_ by a.b@c.example.org, Notion&#39;s", "", 800) \
+        == "aspectlib is a lib by <email>, Notion's"
+
+
 def test_build_text_joins_summary_and_description_without_repeating_or_placeholders():
     assert build_text("A parser.", "A parser. It parses things.", 800) == "A parser. It parses things."
     assert build_text("UNKNOWN", "Real words here", 800) == "Real words here"

@@ -14,7 +14,7 @@
    family; X is the label. Families with fewer than ``--min-class`` texts after cleaning are dropped; larger
    than ``--max-class``, cut to that many by a hash of the name (independent of the split's hash).
 5. **Text.** summary + " " + the first ``--desc-chars`` characters of the cleaned long description
-   (see ``pypi_text.py``); texts under ``--min-chars`` characters are dropped; identical texts are kept
+   (see ``pypi_markup.py``); texts under ``--min-chars`` characters are dropped; identical texts are kept
    once (dropped entirely when their projects disagree on the label).
 6. **Split.** 80/10/10 train/validation/test by a hash of the project's normalised name (PEP 503).
 
