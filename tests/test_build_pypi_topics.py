@@ -60,6 +60,8 @@ def test_email_addresses_in_every_written_form_become_placeholders():
     assert clean_description("Maintainers: first.last at host.org, jo at gmail.com, Mo Ray (ray at lab.org), "
                              "Ann Lee lee at lab.org, e-mail: kim at lab.org.") == \
         "Maintainers: <email>, <email>, Mo Ray (<email>), Ann Lee <email>, e-mail: <email>."
+    assert clean_description("Author: Ann Lee (2020) lee __AT__ ed __DOT__ ac __DOT__ uk and <ann dot lee at gmail "
+                             "dot com>.") == "Author: Ann Lee (2020) <email> and <email>."
     # "at" before a site is not an address unless the name looks like a mailbox
     assert clean_description("Docs are available at github.com, contact us at example.com, look at main.py, e.g. "
                              "at example.com.") == \
@@ -88,6 +90,8 @@ def test_underlines_rules_and_table_borders_go():
     raw = ("=====\nTitle\n=====\n\nSection\n-------\n\n| Name | Role |\n|------|:----:|\n| a | b |\n\n"
            "+----+----+\n| x  | y  |\n+====+====+\n\nOne --- two.")
     assert clean_description(raw) == "Title Section Name Role a b x y One two."
+    assert clean_description("Bearer token\n::::::::::::\n\nUse it.\n\nCHANGELOG\n\n0.1.0\n:::\nFirst release.") == \
+        "Bearer token Use it. CHANGELOG 0.1.0 First release."
 
 
 def test_html_and_markdown_leftovers_go():
@@ -95,6 +99,9 @@ def test_html_and_markdown_leftovers_go():
     raw = ("[![badge]][ref] [![ci](https://ci.example/b.svg)](https://ci.example) ![logo] Text "
            "[see [1] here](https://x.example/y) and [Guide][g] and \\*stars\\*.")
     assert clean_description(raw) == "Text see [1] here and Guide and stars."
+    raw = ("![[Build Status][build-link]][build-badge] \\[!\\[PyPI version](https://img.example/v.svg)]"
+           "(https://x.example/p) Text \\*kept\\* my\\_pkg.")
+    assert clean_description(raw) == "Text kept my_pkg."
 
 
 def test_summaries_get_the_inline_cleaning():

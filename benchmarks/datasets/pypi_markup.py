@@ -33,24 +33,25 @@ _MAIL_HOSTS = {"gmail", "googlemail", "yahoo", "hotmail", "outlook", "live", "pr
 _MAIL_TLDS = {"com", "net", "org", "de", "fr", "ru", "cn", "uk", "jp", "me", "ch", "it", "br", "ca"}
 _PRONOUNS = {"me", "us", "him", "her", "them", "it", "you", "one"}
 _AT_BR, _DOT_BR = r"\s*[\[({<]\s*at\s*[\])}>]\s*", r"\s*[\[({<]\s*dot\s*[\])}>]\s*"
-_DOT = rf"(?:{_DOT_BR}|\s+dot\s+|\.)"
+_AT_WORD, _DOT_WORD = r"\s+[_*]{0,2}at[_*]{0,2}\s+", r"\s+[_*]{0,2}dot[_*]{0,2}\s+"  # at, AT, __AT__
+_DOT = rf"(?:{_DOT_BR}|{_DOT_WORD}|\.)"
 _EMAIL = re.compile(r"<\s*(?:mailto:\s*)?[\w.+-]+@[\w-]+(?:\.[\w-]+)+\s*>|(?:mailto:\s*)?(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _SPELLED_EMAIL = re.compile(  # "name (at) host [dot] org", "name AT host dot org", "name at host.org"
-    rf"<?(?<![\w.+-])(?P<local>[a-z0-9][\w.+-]*)(?P<at>{_AT_BR}|\s+at\s+|@)"
+    rf"<?(?<![\w.+-])(?P<local>[a-z0-9][\w.+-]*(?:(?:{_DOT_BR}|{_DOT_WORD})[a-z0-9][\w.+-]*)*)(?P<at>{_AT_BR}|{_AT_WORD}|@)"
     rf"(?P<domain>[a-z0-9][\w-]*(?:{_DOT}[a-z0-9][\w-]*)*{_DOT}[a-z]{{2,}})\b>?", re.I)
 _URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>()\[\]\"']+(?<![.,;:!?])"  # not its final stop
                   r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|io|dev|ai|app|co|edu|gov|info|me|xyz|cn|de|uk|jp|fr|ru|in)"
                   r"\b(?:/[^\s<>()\[\]\"']*(?<![.,;:!?]))?", re.I)  # and bare domain names
 _TEXT = r"((?:[^\[\]]|\[(?:[^\[\]]|\[[^\[\]]*\])*\])*)"  # a link's text, two levels of brackets inside
 _LINKS = [  # applied before addresses become placeholders, so that a link's text survives its target
+    (re.compile(r"\\([\\`*_{}\[\]()#+\-.!|~=<>:])"), r"\1"),  # Markdown backslash escapes: \* reads *
     (re.compile(r"`([^`<]+?)\s*<[^>]+>`__?"), r"\1"),  # reST links
     (re.compile(r"<((?:[a-z][a-z0-9+.-]*://)[^\s<>]+)>", re.I), r"\1"),  # Markdown autolinks: the bare address
-    (re.compile(r"!\[[^\]]*\](?:\((?:[^()]|\([^()]*\))*\)|\[[^\]]*\])?"), " "),  # Markdown images (badges)
+    (re.compile(r"!\[" + _TEXT + r"\](?:\((?:[^()]|\([^()]*\))*\)|\[[^\]]*\])?"), " "),  # Markdown images (badges)
     (re.compile(r"\[" + _TEXT + r"\]\((?:[^()]|\([^()]*\))*\)"), r"\1"),  # Markdown links: keep their text
     (re.compile(r"\[" + _TEXT + r"\]\[[^\]]*\]"), r"\1"),
 ]
 _MARKS = [  # applied after
-    (re.compile(r"\\([\\`*_{}\[\]()#+\-.!|~=<>:])"), r"\1"),  # Markdown backslash escapes: \* reads *
     (re.compile(r":[\w:+.-]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`"), r"\1"),  # reST roles: :func:`~a.b`, :ref:`T <t>`
     (re.compile(r"`([^`]+)`__?"), r"\1"),  # reST references `text`_
     (re.compile(r"(?<![\w`])([^\W_][\w.-]*?[^\W_])__?(?!\w)"), r"\1"),  # and name_
@@ -93,13 +94,15 @@ def _prose_lines(lines: list[str]) -> list[str]:
             else:
                 i = _drop_indented(lines, i + 1, indent)
             continue
+        if any(p.search(line) for p in _DROP_LINES):
+            i += 1
+            continue
         if line.rstrip().endswith("::"):
             head = line.rstrip()[:-2]
             out.append(head + ":" if head.strip() and not head[-1].isspace() else head)  # "Example ::" -> "Example"
             i = _drop_indented(lines, i + 1, indent)
             continue
-        if not any(p.search(line) for p in _DROP_LINES):
-            out.append(line)
+        out.append(line)
         i += 1
     return out
 
@@ -111,7 +114,8 @@ def _spelled_email(m: re.Match) -> str:
     whole stands in <>, () or backquotes, follows the word e-mail, or repeats one of the three words before
     it ("Ann Lee lee at host.org")."""
     local, at, domain = m.group("local"), m.group("at"), m.group("domain")
-    if re.search(_DOT_BR + r"|\s+dot\s+", domain, re.I) or at.strip() == "AT" or at.strip()[:1] in "[({<@":
+    if re.search(_DOT_BR + "|" + _DOT_WORD, local + " " + domain, re.I) or at.strip(" _*") == "AT" \
+            or at.strip()[:1] in "[({<@":
         return "\x01"
     before = m.string[:m.start()].rsplit("\n", 1)[-1]
     after = m.string[m.end():m.end() + 1]
