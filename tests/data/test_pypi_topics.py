@@ -13,6 +13,14 @@ from nlp_decouple.data import load_text_data
 
 PYPI_TOPICS = REPO / "datasets" / "pypi_topics"
 SPLITS = ("train", "validation", "test")
+# e-mail addresses as written, plain or spelled out (written independently of the builder's own patterns)
+EMAIL = re.compile(
+    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # plain
+    r"|[\w.+-]+\s*[\[({<]\s*(?i:at)\s*[\])}>]\s*[\w-]+"  # name [at] host, name (AT) host
+    r"|\b[\w.+-]+\s+AT\s+[\w-]+(?:\.|\s+DOT\s+)\w"  # name AT host.org, name AT host DOT org
+    r"|\b[\w.+-]+\s+(?i:at)\s+[\w-]+(?:\s*[\[({<]\s*(?i:dot)\s*[\])}>]\s*|\s+(?i:dot)\s+)[a-z]{2,}\b"  # name at host dot org
+    r"|\b[a-z]{2,}[.+][a-z]{2,}\d*\s+at\s+(?:<url>|[\w-]+\.[a-z]{2,}\b)")  # first.last at host.org, at <url>
+REST_LITERAL = re.compile(r"(?<=\S)::(?=\s|$)|(?<!\S)::(?!\S)")  # "Example::", "Example ::", "::"; not std::vector
 
 
 def card_counts() -> dict[str, dict[str, int]]:
@@ -47,6 +55,12 @@ def test_texts_are_clean_and_never_shared_between_splits(pypi_topics):
     every = [t for s in SPLITS for t in texts[s]]
     assert len(set(every)) == len(every)
     assert min(map(len, every)) >= 20
-    classifier = r"\bTopic\s+::"  # the label's own classifier (a reST "::" literal marker may remain elsewhere)
+    classifier = r"\bTopic\s+::"  # the label's own classifier
     classifier_or_address = classifier + r"|(?:https?://|www\.)[\w-]+\.[\w-]"
     assert not [t for t in every if re.search(classifier_or_address, t)]  # placeholders stand for them
+
+
+def test_no_email_address_or_rest_literal_marker_survives(pypi_topics):
+    every = [t for s in SPLITS for t in pypi_topics.splits[s]["text"]]
+    assert [m.group(0) for t in every if (m := EMAIL.search(t))] == []
+    assert [t[max(0, m.start() - 40):m.end() + 40] for t in every if (m := REST_LITERAL.search(t))] == []
