@@ -172,7 +172,8 @@ def in_content_order(split: Dataset) -> Dataset:
     draw) is seeded over row positions, so it then depends on the texts and the seed, never on the order
     a source stores them in (label-sorted exports included); rows equal in both keys are interchangeable."""
     table = split.with_format("arrow")[:]
-    return split.select(pc.sort_indices(table, sort_keys=[("text", "ascending"), ("label", "ascending")]).to_numpy())
+    order = pc.sort_indices(table, sort_keys=[("text", "ascending"), ("label", "ascending")])
+    return split.select(order.to_numpy().astype(np.int64))  # uint64 indices: datasets' select raises on some
 
 
 def _noisy_labels(train: Dataset, rate: float, num_classes: int, seed: int) -> tuple[Dataset, float]:

@@ -533,3 +533,14 @@ def test_unreachable_hub_points_at_data_path():
     message = str(info.value)
     assert "fancyzhx/ag_news" in message and "data.path=" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("texts", [["a", "b", "c"], ["c", "a", "b"], ["b", "b", "a"]])
+def test_content_order_sorts_any_split_including_one_already_in_order(texts):
+    from datasets import Dataset
+
+    from nlp_decouple.data.loading import in_content_order
+
+    split = Dataset.from_dict({"text": texts, "label": [1, 0, 2]})
+    got = in_content_order(split)
+    assert list(zip(got["text"], got["label"])) == sorted(zip(texts, [1, 0, 2]))
