@@ -12,7 +12,7 @@ seed given, and appends to one JSON per output folder:
 
 Cells (real data under $NLP_DECOUPLE_SHARED, default ../shared; the new set under datasets/):
 debian (8,000 training texts, 2,000 validation texts, 34 classes), agnews (6,080 texts, validation carved),
-imdb (799 reviews, validation carved), pypi (datasets/pypi_topics). The model is sized for a CPU: Transformer
+imdb (799 reviews, validation carved), pypi (datasets/pypi_topics, 8,000 training texts). The model is sized for a CPU: Transformer
 d = 64, 4 heads, FFN 128, 4 groups; 5 epochs unless --fixed says otherwise.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ def cell_keys(cell: str, shared: Path) -> list[str]:
                    "data.max_length=64", "data.max_eval_samples=2000", minilm],
         "agnews": ["data.name=ag_news", f"data.path={shared / 'datasets/ag_news_7600'}", "data.max_length=60"],
         "imdb": ["data.name=imdb", f"data.path={shared / 'datasets/imdb_999'}", "data.max_length=256"],
-        "pypi": ["data.name=custom", f"data.path={REPO / 'datasets/pypi_topics'}", "data.max_length=64", minilm],
+        "pypi": ["data.name=custom", f"data.path={REPO / 'datasets/pypi_topics'}", "data.max_train_samples=8000",
+                 "data.max_length=64", minilm],
     }
     if cell not in cells:
         raise SystemExit(f"unknown cell {cell!r}: choose from {', '.join(cells)}")
