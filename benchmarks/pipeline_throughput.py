@@ -19,7 +19,14 @@ within a combination. Modes, each on a fresh copy of the same initial model:
 - ``scpl_processes`` (not in the default ``--modes``): :class:`nlp_decouple.engines.ProcessPipeline`,
   ``--ranks`` worker processes (gloo on localhost, spawned once per configuration and not timed), each
   with ``--stage-threads`` intra-op threads (default 1) and a balanced block of stages; the time is taken
-  on rank 0 between two barriers around the batches, as ``train.pipeline=processes`` runs them.
+  on rank 0 between two barriers around the batches, as ``train.pipeline=processes`` runs them;
+- ``bp_torch_gpipe``, ``bp_torch_1f1b`` (not in the default ``--modes``): BP with
+  :class:`nlp_decouple.engines.TorchPipeline` (``torch.distributed.pipelining``'s ``ScheduleGPipe`` /
+  ``Schedule1F1B``, ``--micro-batches`` per batch, one AdamW step per batch) on the same ``--ranks``
+  processes and threads, its layer groups in the same balanced blocks as ``scpl_processes``' stages.
+
+Side by side, with the machine's ceiling measured in the same run:
+``--modes bp,bp_1thread,bp_torch_gpipe,bp_torch_1f1b,scpl_sequential,scpl_pipeline,scpl_processes``.
 
 Stages should cost about the same: the embedding block is nearly free, so an even number of encoder
 layers in 2 groups (``--layers 4 8``: 5 and 9 blocks, groups of 3+2 and 5+4 blocks) gives 2 equal
@@ -62,8 +69,8 @@ sys.path.insert(0, str(REPO))
 
 from nlp_decouple.config import group_sizes, load_config  # noqa: E402
 from nlp_decouple.classifier import StagedClassifier  # noqa: E402
-from nlp_decouple.engines import (GPipe, ProcessPipeline, ThreadedPipeline, assign_devices,  # noqa: E402
-                                  place_stages, thread_budget)
+from nlp_decouple.engines import (GPipe, ProcessPipeline, ThreadedPipeline, TorchPipeline,  # noqa: E402
+                                  assign_devices, place_stages, thread_budget)
 from nlp_decouple.engines.processes import stage_owners  # noqa: E402
 
 
@@ -144,17 +151,43 @@ def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batche
     return rows
 
 
-def _rank_main(rank: int, world: int, port: int, args, layers: int, conn) -> None:
-    """One rank of ``scpl_processes``: holds the model, trains its own stages on what the parent sends."""
+TORCH_MODES = {"bp_torch_gpipe": "torch_gpipe", "bp_torch_1f1b": "torch_1f1b"}  # mode -> train.pipeline
+
+
+def _rank_engine(args, layers: int, mode: str, world: int):
+    """(model, engine, fresh_optimizers) of one rank of ``scpl_processes`` or a ``bp_torch_*`` mode."""
+    if mode == "scpl_processes":
+        model = build(args, "scpl", layers)
+        engine = ProcessPipeline(model.stages, stage_owners(len(model.stages), world), torch.device("cpu"), None,
+                                 lambda step, k: None, queue_size=args.queue_size)
+
+        def fresh() -> None:
+            engine.backward_and_step = updater(model, args.lr)
+        return model, engine, fresh
+    model = build(args, "bp", layers)
+    stage, opt = model.stages[0], [None]
+
+    def step(finite: bool) -> None:
+        if finite:
+            opt[0].step()
+        opt[0].zero_grad(set_to_none=True)
+
+    def fresh() -> None:
+        opt[0] = torch.optim.AdamW(model.parameters(), lr=args.lr, foreach=True)  # as the trainer
+    wire = (math.ceil(max(args.batch_size) / args.micro_batches), args.seq_len)
+    engine = TorchPipeline(stage, stage_owners(len(stage.groups), world), TORCH_MODES[mode], args.micro_batches,
+                           wire, torch.device("cpu"), step, lambda step: None)
+    return model, engine, fresh
+
+
+def _rank_main(rank: int, world: int, port: int, args, layers: int, mode: str, conn) -> None:
+    """One rank of a process mode: holds the model, trains its own stages on what the parent sends."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(args.stage_threads or 1)
-    model = build(args, "scpl", layers)
-    owners = stage_owners(len(model.stages), world)
-    engine = ProcessPipeline(model.stages, owners, torch.device("cpu"), None, lambda step, k: None,
-                             queue_size=args.queue_size)
+    model, engine, fresh = _rank_engine(args, layers, mode, world)
     while True:
         command, payload = conn.recv()
         if command == "stop":
@@ -162,7 +195,7 @@ def _rank_main(rank: int, world: int, port: int, args, layers: int, conn) -> Non
         if command == "state":  # a fresh copy of the initial model, as every other mode gets
             model.load_state_dict(payload)
             continue
-        engine.backward_and_step = updater(model, args.lr)  # fresh optimizers per call, as run_sequential
+        fresh()  # fresh optimizers per call, as run_sequential
         dist.barrier()
         start = time.perf_counter()
         rows = [stage_losses for _, stage_losses in engine.run(iter(payload))]
@@ -172,11 +205,11 @@ def _rank_main(rank: int, world: int, port: int, args, layers: int, conn) -> Non
 
 
 class RankPool:
-    """``--ranks`` processes running :func:`_rank_main`; called like the other modes' functions, it returns
-    the rows and the seconds rank 0 measured (spawning and pickling the batches are not timed)."""
+    """``--ranks`` processes running :func:`_rank_main` for ``mode``; called like the other modes' functions, it
+    returns the rows and the seconds rank 0 measured (spawning and pickling the batches are not timed)."""
 
-    def __init__(self, args, layers: int):
-        self.args, self.layers, self.procs, self.conns, self.held = args, layers, [], [], None
+    def __init__(self, args, layers: int, mode: str):
+        self.args, self.layers, self.mode, self.procs, self.conns, self.held = args, layers, mode, [], [], None
 
     def __call__(self, model, batches):
         if not self.procs:
@@ -193,8 +226,8 @@ class RankPool:
             target = importlib.import_module(__name__)._rank_main  # the function pickle finds under that name
             for rank in range(self.args.ranks):
                 mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=target, args=(rank, self.args.ranks, port, self.args, self.layers, theirs),
-                                   daemon=True)
+                proc = ctx.Process(target=target, daemon=True,
+                                   args=(rank, self.args.ranks, port, self.args, self.layers, self.mode, theirs))
                 proc.start()
                 self.procs.append(proc)
                 self.conns.append(mine)
@@ -208,7 +241,7 @@ class RankPool:
         for conn in self.conns:
             while not conn.poll(1.0):
                 if not all(proc.is_alive() for proc in self.procs):
-                    raise RuntimeError("a scpl_processes rank died: see its traceback above")
+                    raise RuntimeError(f"a {self.mode} rank died: see its traceback above")
             answers.append(conn.recv())
         return answers[0]
 
@@ -270,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the caller (default: torch's)")
     p.add_argument("--stage-threads", type=int, default=None,
                    help="torch threads per pipeline stage (default: the caller's threads split over the CPU stages)")
-    p.add_argument("--ranks", type=int, default=2, help="scpl_processes: processes of the pipeline")
+    p.add_argument("--ranks", type=int, default=2, help="scpl_processes, bp_torch_*: processes of the pipeline")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -315,7 +348,9 @@ def mode_runner(args, p, devices, mode: str, layers: int):
         return build(args, "scpl", layers), lambda m, b: run_pipeline(m, devices, b, args.lr, args.queue_size,
                                                                       args.stage_threads)
     if mode == "scpl_processes":
-        return build(args, "scpl", layers), RankPool(args, layers)
+        return build(args, "scpl", layers), RankPool(args, layers, mode)
+    if mode in TORCH_MODES:
+        return build(args, "bp", layers), RankPool(args, layers, mode)
     if mode == "bp_gpipe":
         return build(args, "bp", layers), lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches,
                                                                  args.stage_threads)
@@ -358,7 +393,7 @@ def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
             result["ratio_to_bp"] = None
         if mode in ("scpl_pipeline", "bp_gpipe"):
             result["threads_per_stage"] = thread_budget(args.stage_threads, devices)
-        elif mode == "scpl_processes":
+        elif mode == "scpl_processes" or mode in TORCH_MODES:
             result["processes"], result["threads_per_process"] = args.ranks, args.stage_threads or 1
         else:
             result["threads"] = 1 if mode.endswith("_1thread") else threads

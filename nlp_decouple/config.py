@@ -122,18 +122,27 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
     # layer groups as pipeline stages: false | true = threads (a worker thread and device each, one process) |
-    # processes (a contiguous block of stages per rank of accelerate launch / torchrun; decoupled methods)
-    pipeline: bool | Literal["threads", "processes"] = False
+    # processes (a contiguous block of stages per rank of accelerate launch / torchrun; decoupled methods) |
+    # torch_gpipe, torch_1f1b (bp over the same ranks on torch.distributed.pipelining's schedules)
+    pipeline: bool | Literal["threads", "processes", "torch_gpipe", "torch_1f1b"] = False
     stages_per_rank: list[int] | None = None  # pipeline=processes: stages of rank 0, 1, ...; null: balanced
     timeout_s: float = 600.0  # seconds a wait on another process may last before the run fails
     devices: str | list[str] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
-    micro_batches: int = 4  # pipelined bp (GPipe): micro-batches per batch
+    micro_batches: int = 4  # pipelined bp (threads, torch_gpipe, torch_1f1b): micro-batches per batch
     queue_size: int = 2  # pipeline: batches a stage may run ahead of the next
     threads_per_stage: int | None = None  # pipeline on CPU: intra-op threads per worker (default: split evenly)
     save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
     resume_other_versions: bool = False  # resume a checkpoint made by other code or on other data
+
+
+TORCH_PIPELINES = ("torch_gpipe", "torch_1f1b")  # train.pipeline values for bp on torch.distributed.pipelining
+
+
+def over_processes(t: TrainConfig) -> bool:
+    """Whether train.pipeline spreads the model over the processes of a launch (each rank its own block)."""
+    return t.pipeline == "processes" or t.pipeline in TORCH_PIPELINES
 
 
 @dataclass
@@ -456,10 +465,13 @@ def validate(cfg: Config) -> None:
         _check(t.threads_per_stage is None or t.threads_per_stage >= 1, "train.threads_per_stage must be >= 1")
     if t.pipeline == "processes":
         _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses every "
-               "stage): for bp use train.pipeline=threads (GPipe over micro-batches)")
+               "stage): for bp use train.pipeline=torch_gpipe or torch_1f1b (over the same processes), or threads")
         _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon over "
                "a stage's replicas when there are several (the default) and cannot with one: unset "
                "method.gather_features (false: each replica's own batch)")
+    if t.pipeline in TORCH_PIPELINES:
+        _check(meth.name == "bp", f"train.pipeline={t.pipeline} pipelines bp (one backward through every group): "
+               f"set method.name=bp, or train.pipeline=processes for {meth.name}")
     _check(t.stages_per_rank is None or t.pipeline == "processes", "train.stages_per_rank needs "
            "train.pipeline=processes")
     _check(t.timeout_s > 0, f"train.timeout_s: {t.timeout_s} must be > 0")

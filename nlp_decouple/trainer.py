@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from .checkpoint import resume_point, save_checkpoint
 from .classifier import StagedClassifier, count_parameters
 from .card import write_model_card
-from .config import Config, flatten, group_sizes, run_identity, save_config
+from .config import Config, flatten, group_sizes, over_processes, run_identity, save_config
 from .data import TextData, build_loaders, draw_probe_set, load_text_data, tokenize_splits
 from .engines import build_engine, data_replicas, prepare_stages
 from .errors import UserError
@@ -140,11 +140,11 @@ class Trainer:
         self.replicas = data_replicas(t, acc.num_processes)
         self.optimization = build_optimization(list(self.model.stages), t, per_stage,
                                                math.ceil(len(self.loaders.train) / self.replicas),
-                                               1 if t.pipeline == "processes" else self.replicas)
-        train_stages = prepare_stages(cfg, self.model, self.optimization, self.loaders, acc)
+                                               1 if over_processes(t) else self.replicas)
+        stages = prepare_stages(cfg, self.model, self.optimization, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)
-        self.engine = build_engine(cfg, self.model, train_stages, self.optimization, acc, self._seed_step)
+        self.engine = build_engine(cfg, self.model, stages, self.optimization, acc, self._seed_step, self.data.max_length)
 
     def _seed_step(self, step: int) -> None:
         # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks

@@ -82,6 +82,18 @@ def test_process_pipeline_mode_trains_exactly_as_sequential_scpl(tmp_path):
     assert ranks["last_losses"] == by_mode["scpl_sequential"]["last_losses"]  # same batches, same updates
 
 
+def test_torch_pipelined_bp_modes_train_as_bp(tmp_path):
+    out = tmp_path / "torch.json"
+    assert script("pipeline_throughput").main(
+        ["--layers", "2", "--batch-size", "8", "--batches", "2", "--warmup", "1", "--repeats", "1", "--hidden", "16",
+         "--seq-len", "12", "--micro-batches", "3", "--modes", "bp,bp_torch_gpipe,bp_torch_1f1b", "--out", str(out)]) == 0
+    by_mode = {r["mode"]: r for r in json.loads(out.read_text())["configs"][0]["results"]}
+    for mode in ("bp_torch_gpipe", "bp_torch_1f1b"):
+        assert by_mode[mode]["processes"] == 2 and by_mode[mode]["ratio_to_bp"] > 0
+        # same batches and updates (8 rows in micro-batches of 3, 3, 2): bp's loss up to float rounding
+        assert by_mode[mode]["last_losses"] == pytest.approx(by_mode["bp"]["last_losses"], rel=1e-5)
+
+
 def test_gpu_check_skips_every_cuda_check_cleanly_without_a_gpu():
     import subprocess
 

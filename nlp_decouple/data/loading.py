@@ -83,8 +83,10 @@ def _load_hub(source: str, config: str | None, spec: DatasetSpec, with_test: boo
         return loaded, list(loaded)
     names = list(files)
     wanted = _wanted(names, spec, with_test)
-    if wanted == names:
+    if wanted == names and not Path(source).is_dir():
         return datasets.load_dataset(source, config), names
+    # a local folder always names its files: only then does the cache key hold their paths and mtimes, so a
+    # rebuilt folder is read again instead of being served from the cache of its first load
     return datasets.load_dataset(source, config, data_files={n: files[n] for n in wanted}), names
 
 

@@ -6,7 +6,9 @@ the config asks for.
   device slot (``train.pipeline=true``);
 - :class:`~.gpipe.GPipe`: ``bp`` pipelined over micro-batches (``train.pipeline=true, method.name=bp``);
 - :class:`~.processes.ProcessPipeline`: a decoupled method's stages in blocks over the ranks of a launch
-  (``train.pipeline=processes``).
+  (``train.pipeline=processes``);
+- :class:`~.pipelining.TorchPipeline`: ``bp``'s groups in the same blocks over the same ranks, on
+  ``torch.distributed.pipelining``'s GPipe or 1F1B schedule (``train.pipeline=torch_gpipe | torch_1f1b``).
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 
 from ..classifier import StagedClassifier
-from ..config import Config
+from ..config import TORCH_PIPELINES, Config, over_processes
 from ..errors import UserError
 from ..optim import Optimization
 from ..signals import agreed
 from .base import Engine
 from .gpipe import GPipe
+from .pipelining import TorchPipeline, build_torch_pipeline
 from .processes import PipelinePeerError, ProcessPipeline, build_process_pipeline
 from .placement import assign_devices, assign_workers, place_stages
 from .replicas import data_replicas
@@ -34,11 +37,14 @@ log = logging.getLogger("nlp_decouple")
 
 
 def build_engine(cfg: Config, model: StagedClassifier, stages: list, optimization: Optimization,
-                 accelerator: Accelerator, seed: Callable[[int], None]) -> Engine:
-    """``stages``: the model's stages as prepared for training (DDP twins under several processes)."""
+                 accelerator: Accelerator, seed: Callable[[int], None], max_length: int) -> Engine:
+    """``stages``: the model's stages as prepared for training (DDP twins under several processes);
+    ``max_length``: the longest batch in tokens (bp's pipelines over processes size their messages by it)."""
     t = cfg.train
     if t.pipeline == "processes":
         return build_process_pipeline(cfg, model, optimization, accelerator)
+    if t.pipeline in TORCH_PIPELINES:
+        return build_torch_pipeline(cfg, model, optimization, accelerator, seed, max_length)
     if not t.pipeline:
         per_group = model.decoupled and cfg.method.backward == "per_group"
         return Sequential(model, stages, optimization, per_group, lambda flags: agreed(flags, accelerator), seed)
@@ -77,8 +83,9 @@ def prepare_stages(cfg: Config, model: StagedClassifier, optimization: Optimizat
     loader sharded over the processes. Process pipeline: the stages as they are (each rank trains its own
     block), every rank of a replica iterating the replica's shard of the loader (one replica: the whole
     loader), sharded as data parallel shards it over the replicas; optimizers and schedulers unwrapped
-    (Accelerate would save rank 0's alone: the engine's PipelineState saves every rank's)."""
-    if cfg.train.pipeline == "processes":
+    (Accelerate would save rank 0's alone: the engine's PipelineState saves every rank's). bp's pipelines
+    over processes alike, with one replica (their state: SplitState)."""
+    if over_processes(cfg.train):
         model.to(accelerator.device)
         optimization.accelerator = accelerator
         dp = data_replicas(cfg.train, accelerator.num_processes)
@@ -98,5 +105,6 @@ def prepare_stages(cfg: Config, model: StagedClassifier, optimization: Optimizat
 
 
 __all__ = ["Engine", "GPipe", "PipelineError", "PipelinePeerError", "ProcessPipeline", "Sequential", "ThreadedPipeline",
+           "TorchPipeline",
            "assign_devices", "assign_workers", "build_engine", "data_replicas", "place_stages", "prepare_stages",
            "thread_budget"]

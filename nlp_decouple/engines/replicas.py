@@ -12,12 +12,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import TORCH_PIPELINES
 from ..errors import UserError
 
 
 def data_replicas(t, world: int) -> int:
     """Data-parallel replicas of a launch of ``world`` processes under train config ``t``: every process
-    for data parallel training; world / pipeline ranks for ``train.pipeline=processes``."""
+    for data parallel training; world / pipeline ranks for ``train.pipeline=processes``; one for bp's
+    pipelines over processes (``torch_gpipe``, ``torch_1f1b``)."""
+    if t.pipeline in TORCH_PIPELINES:
+        return 1
     if t.pipeline != "processes":
         return world
     if t.stages_per_rank is None:

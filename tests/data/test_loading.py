@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -379,6 +380,19 @@ def hub_folder(root, splits: dict) -> str:
     for name, split in splits.items():
         split.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
     return str(root)
+
+
+def test_a_rebuilt_hub_folder_is_read_again_not_taken_from_the_cache(tmp_path):
+    splits = {"train": small_dataset(90), "validation": small_dataset(12, offset=500), "test": small_dataset(30, offset=1000)}
+    folder = hub_folder(tmp_path / "set", splits)
+    (tmp_path / "set" / "README.md").write_text(  # a card naming its files, as datasets/pypi_topics has
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        + "".join(f"  - split: {n}\n    path: data/{n}-00000-of-00001.parquet\n" for n in splits) + "---\n")
+    assert len(load_text_data(DataConfig(name="custom", path=folder), seed=0).splits["train"]) == 90
+    small_dataset(60, offset=95).to_parquet(str(tmp_path / "set" / "data" / "train-00000-of-00001.parquet"))
+    os.utime(tmp_path / "set" / "data" / "train-00000-of-00001.parquet", (1e9, 1e9))  # another mtime, same second or not
+    train = load_text_data(DataConfig(name="custom", path=folder), seed=0).splits["train"]
+    assert len(train) == 60 and "document number 95 about alpha" in train["text"]
 
 
 def test_without_test_an_unreadable_test_file_is_never_read(tmp_path):

@@ -58,7 +58,7 @@ def test_pipeline_values_stay_compatible():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.name=bp"], "for bp use train.pipeline=threads"),
+    (["method.name=bp"], "for bp use train.pipeline=torch_gpipe or torch_1f1b"),
     (["method.name=scpl", "method.backward=sum"], "method.backward=per_group"),
     (["method.name=scpl", "method.gather_features=true"], "unset method.gather_features"),
     (["method.name=scpl", "train.mixed_precision=fp16"], "bf16"),
