@@ -75,9 +75,11 @@ def process_pipeline(out: Path, quick: bool) -> tuple[str, str]:
         return "skip", "needs 2 GPUs (NCCL does not run two ranks on one device)"
     common = ["method.name=scpl", "model.encoder=lstm", f"train.max_steps={10 if quick else 30}", *TINY,
               f"output_dir={out}", f"train.cpu={str(CPU).lower()}"]
-    runs = {"seq": [sys.executable, "-m", "nlp_decouple.train", "recipes/quickstart.yaml", *common, "run_name=seq"],
-            "pp": ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "nlp_decouple.train",
-                   "recipes/quickstart.yaml", *common, "train.pipeline=processes", "run_name=pp"]}
+    from nlp_decouple.sweeps import train_command
+
+    runs = {"seq": train_command("recipes/quickstart.yaml", [*common, "run_name=seq"]),
+            "pp": train_command("recipes/quickstart.yaml", [*common, "train.pipeline=processes", "run_name=pp"],
+                                launcher="torchrun --standalone --nproc_per_node 2")}
     for name, cmd in runs.items():
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("bp", "scpl", "early_exit", "deinforeg", "al")
+sys.path.insert(0, str(REPO))
+from nlp_decouple.registry import METHODS
+from nlp_decouple.sweeps import train_command
+
 SCPL_SETTINGS = {"plain": ["method.supcon_prototypes=false", "method.projection=identity"],
                  "prototypes": ["method.supcon_prototypes=true", "method.projection=mlp_bn"]}
 OTHERS = SCPL_SETTINGS["plain"]  # the first table's non-SCPL runs (the recipe before it took SCPL's choice)
@@ -81,8 +84,7 @@ def command(job: Job, jobs: list[Job], work: Path, recipe: str) -> list[str]:
         job.extra["setting"] = chosen_setting(jobs, job.needs, work)
         overrides += SCPL_SETTINGS[job.extra["setting"]]
     run_dir = work / job.name
-    return [sys.executable, "-m", "nlp_decouple.train", recipe, *overrides, f"output_dir={run_dir.parent}",
-            f"run_name={run_dir.name}"]
+    return train_command(recipe, [*overrides, f"output_dir={run_dir.parent}", f"run_name={run_dir.name}"])
 
 
 def selection_scores(jobs: list[Job], cell: str, work: Path) -> dict[str, float] | None:

@@ -21,12 +21,14 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from nlp_decouple.sweeps import run_training
+
 SIZE = ["model.hidden_size=64", "model.num_heads=4", "model.ffn_size=128", "train.epochs=5"]
 
 
@@ -65,8 +67,7 @@ def train(args: argparse.Namespace) -> None:
     key, _, values = args.vary.partition("=")
     store = args.out / "sensitivity.json"
     rows = json.loads(store.read_text()) if store.exists() else {}
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
-           "HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE", str(shared / "hf-cache")), "HF_HUB_OFFLINE": "1"}
+    env = {"HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE", str(shared / "hf-cache")), "HF_HUB_OFFLINE": "1"}
     for value in values.split(","):
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
@@ -76,15 +77,13 @@ def train(args: argparse.Namespace) -> None:
                 if rid in rows:
                     continue
                 if not (run_dir / "results.json").exists():
-                    cmd = [sys.executable, "-m", "nlp_decouple.train", str(REPO / args.recipe), *cell_keys(args.cell, shared),
-                           *settings, f"method.name={method}", f"train.seed={seed}", "eval.test=false",
-                           "train.progress=false", f"output_dir={args.out / 'runs'}", f"run_name={rid}",
-                           *(["train.resume=auto"] if (run_dir / "checkpoints").is_dir() else [])]
-                    run_dir.mkdir(parents=True, exist_ok=True)
+                    overrides = [*cell_keys(args.cell, shared), *settings, f"method.name={method}",
+                                 f"train.seed={seed}", "eval.test=false", "train.progress=false",
+                                 f"output_dir={args.out / 'runs'}", f"run_name={rid}",
+                                 *(["train.resume=auto"] if (run_dir / "checkpoints").is_dir() else [])]
                     start = time.time()
-                    with (run_dir / "train.log").open("a") as log:
-                        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              check=False).returncode
+                    code = run_training(REPO / args.recipe, overrides, run_dir / "train.log", threads=args.threads,
+                                        env=env, cwd=REPO)
                     print(f"{rid} {key}={value} {method}: exit {code} in {time.time() - start:.0f}s", flush=True)
                     if code != 0:
                         continue

@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sensitivity import REPO, cell_keys
 
+from nlp_decouple.cli.compare import main as compare
+
 SIZE = ["model.hidden_size=64", "model.num_heads=4", "model.ffn_size=128"]
 
 
@@ -41,11 +43,12 @@ def recipes(args: argparse.Namespace) -> dict[str, Path]:
 
 def sweep(cell: str, recipe: Path, out: Path, args: argparse.Namespace) -> Path:
     shared = Path(os.environ.get("NLP_DECOUPLE_SHARED", REPO.parent / "shared")).resolve()
-    cmd = [sys.executable, "-m", "nlp_decouple", "compare", str(recipe), f"methods={args.methods}",
-           f"seeds={args.seeds}", *cell_keys(cell, shared), *SIZE, f"train.epochs={args.epochs}",
-           "train.progress=false", "--out", str(out), "--jobs", str(args.jobs), "--margin", str(args.margin)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    argv = [str(recipe), f"methods={args.methods}", f"seeds={args.seeds}", *cell_keys(cell, shared), *SIZE,
+            f"train.epochs={args.epochs}", "train.progress=false", "--out", str(out), "--jobs", str(args.jobs),
+            "--margin", str(args.margin)]
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # each run's process inherits it (with --jobs 1)
+    if compare(argv) != 0:
+        raise SystemExit(f"nlp-decouple compare failed for {cell} ({recipe})")
     return out / "report" / "report.json"
 
 

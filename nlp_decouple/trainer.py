@@ -192,7 +192,7 @@ class Trainer:
     def _out_of_steps(self, state: TrainState) -> bool:
         return self.cfg.train.max_steps is not None and state.step >= self.cfg.train.max_steps
 
-    def _chunk(self, state: TrainState) -> int:
+    def _run_length(self, state: TrainState) -> int:
         """Batches for the engine's next run: up to the next checkpoint, max_steps or the engine's chunk."""
         t, n = self.cfg.train, self.engine.chunk
         if t.save_every:
@@ -214,7 +214,7 @@ class Trainer:
         start, spent = time.perf_counter(), 0.0
         while True:
             chunk_losses = []  # each step's stage losses, left on the device until the chunk ends
-            for batch, stage_losses in self.engine.run(batches, self._chunk(state), state.step):
+            for batch, stage_losses in self.engine.run(batches, self._run_length(state), state.step):
                 state.count_step(batch["labels"].shape[0] * self.replicas)
                 chunk_losses.append(torch.as_tensor(stage_losses, dtype=torch.float64))
                 bar.update(1)

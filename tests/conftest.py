@@ -76,7 +76,7 @@ SWEEP_OVERRIDES = ["train.epochs=2", "data.synthetic_train_size=400", "data.synt
 
 
 class _ForkedTrainCommands:
-    """Stands in for the ``subprocess`` module inside nlp_decouple.cli.compare: the exact command compare builds
+    """Stands in for the ``subprocess`` module inside nlp_decouple.sweeps: the exact command compare builds
     for a run, ``python -m nlp_decouple.train ...`` with its output appended to the run's train.log, runs as a
     fork of the train_forks server (same arguments, environment, working folder and log; its exit code
     returned) instead of a fresh interpreter that would spend seconds importing. Any other command runs for real,
@@ -88,24 +88,24 @@ class _ForkedTrainCommands:
     def __getattr__(self, name):
         return getattr(subprocess, name)
 
-    def run(self, cmd, *args, env=None, stdout=None, stderr=None, **kwargs):
-        if (args or kwargs or list(cmd[:3]) != [sys.executable, "-m", "nlp_decouple.train"]
+    def run(self, cmd, *args, env=None, stdout=None, stderr=None, cwd=None, check=False, **kwargs):
+        if (args or kwargs or check or list(cmd[:3]) != [sys.executable, "-m", "nlp_decouple.train"]
                 or not hasattr(stdout, "name") or stderr is not subprocess.STDOUT):
-            return subprocess.run(cmd, *args, env=env, stdout=stdout, stderr=stderr, **kwargs)
+            return subprocess.run(cmd, *args, env=env, stdout=stdout, stderr=stderr, cwd=cwd, check=check, **kwargs)
         stdout.flush()
-        pid = self.forks.start(list(cmd[3:]), Path(stdout.name), env=env, append=True, cwd=Path.cwd())
+        pid = self.forks.start(list(cmd[3:]), Path(stdout.name), env=env, append=True, cwd=Path(cwd or Path.cwd()))
         return subprocess.CompletedProcess(cmd, self.forks.wait(pid))
 
 
 def run_sweep(out: Path, methods=SWEEP_METHODS, seeds=SWEEP_SEEDS, extra=(), forks=None) -> None:
     """compare's sweep; with ``forks`` (the train_forks fixture) each run is a fork rather than a fresh
     interpreter (_ForkedTrainCommands)."""
-    from nlp_decouple.cli import compare
+    from nlp_decouple import sweeps
     from nlp_decouple.cli.compare import main
 
     with pytest.MonkeyPatch.context() as patch:
         if forks is not None:
-            patch.setattr(compare, "subprocess", _ForkedTrainCommands(forks))
+            patch.setattr(sweeps, "subprocess", _ForkedTrainCommands(forks))
         assert main([str(REPO / "recipes" / "quickstart.yaml"), f"methods={','.join(methods)}",
                      f"seeds={','.join(map(str, seeds))}", *SWEEP_OVERRIDES, *extra, "--out", str(out),
                      "--jobs", "2"]) == 0

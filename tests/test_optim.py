@@ -69,8 +69,8 @@ def test_frozen_parameters_are_left_out(tiny_bert):
 def test_linear_schedule_warms_up_then_decays_every_group(tiny_bert):
     model, t = build("pretrained", "bp", tiny_bert, "train.lr=5e-5", "train.head_lr=1e-3", "train.weight_decay=0.01",
                      "train.scheduler=linear", "train.warmup_ratio=0.25", "train.epochs=1")
-    opt = build_optimization(list(model.stages), t, per_stage=False, updates_per_epoch=8)  # 2 warm-up updates of 8
-    (optimizer,), (schedule,) = opt.optimizers, opt.schedulers
+    optimization = build_optimization(list(model.stages), t, per_stage=False, updates_per_epoch=8)  # 2 warm-up updates of 8
+    (optimizer,), (schedule,) = optimization.optimizers, optimization.schedulers
     base = schedule.base_lrs  # the groups' own rates, which the schedule scales
     assert sorted(set(base)) == [5e-5, 1e-3]
     factors = []

@@ -50,8 +50,8 @@ def test_recipe_opens_with_how_to_run_it(recipe):
         if not line.startswith("#"):
             break
         header.append(line)
-    runs = [line for line in header if "nlp_decouple.train" in line]
-    assert runs, f"{recipe.name}: the opening comment must show a `python -m nlp_decouple.train ...` command"
+    runs = [line for line in header if "accelerate launch" in line and "-m nlp_decouple.train" in line]
+    assert runs, f"{recipe.name}: the opening comment must show an `accelerate launch -m nlp_decouple.train ...` command"
     assert any(f"{recipe.relative_to(REPO)}" in line for line in runs), \
         f"{recipe.name}: the command in the opening comment must name this recipe"
 

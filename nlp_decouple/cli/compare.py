@@ -4,7 +4,7 @@
         seeds=0,1,2,3,4 train.epochs=5 model.hidden_size=64 [--out runs/compare-agnews] [--jobs 2] [--margin 1.0]
 
 Each run gets its own directory ``OUT/<method>-seed<seed>`` and is a fresh ``python -m nlp_decouple.train``
-process (so its peak memory is its own). The sweep is resumable: a finished run with the same settings is
+process (so its peak memory is its own; see ``nlp_decouple.sweeps``). The sweep is resumable: a finished run with the same settings is
 kept, an interrupted one continues from its last checkpoint (``train.resume=auto``), and a run directory
 holding different settings, or made by other code or on other data, is refused (``--reuse-other-versions``
 reuses the latter anyway). Each run also gets ``source_recipe.json``: the recipe it came from and, for a
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,10 +31,10 @@ from ..config import config_from_dict, load_config, run_identity
 from ..errors import UserError, cli_entry
 from ..extras import require_report
 from ..logs import setup_console
-from ..registry import METHODS
 from ..report_data import SOURCE_FILE
 from ..reuse import OVERRIDE, check_reuse
 from ..stats import DEFAULT_MARGIN
+from ..sweeps import parse_methods, parse_seeds, run_training
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]  # five: the paired t test's interval is usable, with three it is very wide
 
@@ -80,24 +78,13 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "methods":
-            methods = [m.strip() for m in value.split(",") if m.strip()]
-            unknown = [m for m in methods if m not in METHODS]
-            if unknown or not methods:
-                raise UserError(f"methods={value!r}: unknown {unknown or 'none given'}; choose from "
-                                f"{','.join(METHODS)}")
+            methods = parse_methods(value)
         elif key == "seeds":
-            try:
-                seeds = [int(s) for s in value.split(",") if s.strip()]
-            except ValueError:
-                raise UserError(f"seeds={value!r}: give integers separated by commas, e.g. seeds=0,1,2,3,4") from None
-            if not seeds:
-                raise UserError("seeds= is empty; e.g. seeds=0,1,2,3,4")
+            seeds = parse_seeds(value)
         elif key in ("method.name", "train.seed", "run_name", "output_dir", "train.resume"):
             raise UserError(f"{key} is set by compare for each run: use methods=..., seeds=... or --out instead")
         else:
             rest.append(item)
-    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
-        raise UserError("methods= and seeds= must not repeat a value")
     return methods, seeds, rest
 
 
@@ -131,19 +118,13 @@ def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], o
 
 
 def run_subprocess(recipe: str, run: PlannedRun, launcher: str | None, threads: int | None) -> None:
-    cmd = [*(shlex.split(launcher) if launcher else [sys.executable]), "-m", "nlp_decouple.train", recipe,
-           *run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    overrides = [*run.overrides, "train.progress=false", *(["train.resume=auto"] if run.state == "resume" else [])]
     print(f"[compare] {run.run_dir.name}: {'resuming' if run.state == 'resume' else 'training'}", flush=True)
     log_path = run.run_dir / "train.log"
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+    code = run_training(recipe, overrides, log_path, launcher=launcher, threads=threads)
+    if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"run {run.run_dir.name} failed (exit {proc.returncode}): {tail[0][:300]}; full log: {log_path}")
+        raise UserError(f"run {run.run_dir.name} failed (exit {code}): {tail[0][:300]}; full log: {log_path}")
 
 
 def run_in_process(run: PlannedRun, recipe: str) -> None:

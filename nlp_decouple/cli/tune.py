@@ -31,8 +31,8 @@ from ..errors import UserError, cli_entry
 from ..extras import require
 from ..logs import setup_console
 from ..provenance import code_version
-from ..registry import METHODS
 from ..reuse import OVERRIDE
+from ..sweeps import parse_methods, parse_seeds
 from ..tuning.space import build_spaces, format_value
 from .compare import DEFAULT_SEEDS
 
@@ -66,17 +66,9 @@ def split_tune(overrides: list[str]) -> tuple[list[str], list[int], int | None, 
         if not sep:
             raise UserError(f"{item!r} must look like key=value, e.g. trials=20")
         if key == "methods":
-            methods = [m.strip() for m in value.split(",") if m.strip()]
-            unknown = [m for m in methods if m not in METHODS]
-            if unknown or not methods or len(set(methods)) != len(methods):
-                raise UserError(f"methods={value}: give distinct names from {','.join(METHODS)}")
+            methods = parse_methods(value)
         elif key == "seeds":
-            try:
-                seeds = [int(s) for s in value.split(",") if s.strip()]
-            except ValueError:
-                seeds = []
-            if not seeds or len(set(seeds)) != len(seeds):
-                raise UserError(f"seeds={value}: give distinct integers separated by commas, e.g. seeds=100,101")
+            seeds = parse_seeds(value, example="100,101")
             if REPORT_SEEDS & set(seeds):
                 raise UserError(f"seeds={value}: {','.join(map(str, sorted(REPORT_SEEDS & set(seeds))))} are the "
                                 "reporting seeds of compare; tune on others (e.g. seeds=100,101) so reports stay unseen")

@@ -1,17 +1,6 @@
-"""GPipe-style pipelined backpropagation for ``bp`` (one stage holding every layer group).
-
-The stage's groups are cut into ``len(devices)`` contiguous partitions (balanced by group count; the head
-sits with the last one), one worker thread per partition. A batch is split into ``micro_batches`` chunks
-that flow through the partitions like a pipeline (partition p works on micro-batch m+1 while p+1 works on
-m); the carry is handed on *with* its graph (no detach). As each micro-batch's loss is ready, the last
-worker backpropagates ``loss_m * n_m / n`` through every partition, so the gradients accumulate to those
-of the whole batch; then the optimizer steps once. Equal to non-pipelined BP up to float rounding, for
-losses that are means over examples (bp's cross-entropy) and without dropout (micro-batches draw other
-random masks).
-
-On the CPU the backward of each micro-batch runs in the last worker's thread over every partition (it
-overlaps with the forwards of later micro-batches only); on CUDA the autograd engine runs each
-partition's backward on its device, on the stream its forward used.
+"""GPipe-style pipelined backpropagation for ``bp`` (``train.pipeline=true, method.name=bp``): the one stage
+cut into partitions over devices, each batch split into micro-batches; equal to non-pipelined BP up to float
+rounding. :class:`GPipe`. Design: docs/architecture.md, "Engines".
 """
 from __future__ import annotations
 

@@ -1,30 +1,7 @@
 """BP pipelined over processes on ``torch.distributed.pipelining`` (``train.pipeline=torch_gpipe`` or
-``torch_1f1b``): the field's engine for pipelined backpropagation, run over the same layer groups and
-the same processes as a decoupled method's process pipeline (:mod:`.processes`): bp's one stage holds
-every group, and rank r of the launch owns the contiguous block of groups that would be its stages
-(:func:`.processes.stage_owners`), the head with the last block.
-
-Per batch: every rank pulls the same batch from its own copy of the loader (as in the process pipeline),
-so each rank holds its micro-batches' padding masks and the last one their labels without a message;
-``ScheduleGPipe`` or ``Schedule1F1B`` splits the batch into ``train.micro_batches`` micro-batches
-(``torch.tensor_split`` along the batch) and sends the carry *with* its gradient path from rank to rank.
-Each micro-batch's loss is scaled by its share of the batch (``loss_m * n_m / n``), so the gradients
-accumulate to those of the whole-batch mean; then every rank steps its own parameters once (gradient
-clipping on the norm over every rank's parameters). Equal to BP in one process up to float rounding
-(without dropout: micro-batches draw other masks).
-
-Wire shapes: a ``PipelineStage`` allocates its receive buffers once, from the first micro-batch, while
-batches here differ in length (padded to their longest text) and micro-batches in rows (a batch that
-does not split evenly). So a carry travels padded to the run's longest batch, ``ceil(batch_size /
-micro_batches)`` rows by ``max_length`` tokens, and the receiving rank cuts it back to the rows and
-length of its own micro-batch's mask: the computation is the batch's own, only the messages are of the
-fixed size. A batch of fewer rows than micro-batches runs with one micro-batch per row; 1F1B with fewer
-micro-batches than ranks is GPipe's order (its warm-up already covers every micro-batch) and runs as such.
-
-The loss of each batch is known on the last rank only: one broadcast per step gives every rank the value,
-and with it the decision to step or skip a non-finite update (the schedule ticks either way, as in the
-sequential engine). Evaluation and saved models: :meth:`TorchPipeline.gather_weights` broadcasts each
-group from its owner, as the process pipeline does; checkpoints: :class:`SplitState`.
+``torch_1f1b``): bp's one stage cut into contiguous blocks of layer groups, one block per rank, each batch
+split into micro-batches; equal to BP in one process up to float rounding. :class:`TorchPipeline` (the
+engine), :class:`SplitState` (its checkpoint part). Design: docs/architecture.md, "Engines".
 """
 from __future__ import annotations
 

@@ -1,40 +1,8 @@
-"""Pipelined training of a decoupled method over processes (``train.pipeline=processes``): rank r of the
-``torch.distributed`` world (gloo on CPU, NCCL on GPU; launched by ``accelerate launch`` or ``torchrun``)
-owns a contiguous block of stages and trains only those. Unlike the thread pipeline, the stages share no
-interpreter lock, and they may sit on other machines. Data parallel x pipeline: the world may hold several
-replicas of the pipeline, each reading its own shard of the data, a stage's gradients averaged over the
-ranks that hold it (:mod:`.replicas`: the layout, contiguous replicas of ``len(train.stages_per_rank)``
-ranks). Below, "rank r" is pipeline position r of one replica; with one replica, rank r of the world.
-
-Per batch: every rank of a replica pulls the same batch from its own copy of the replica's loader (same
-shuffle), so labels and sample counts need no message; rank 0 embeds the token ids; each rank runs its
-stages in turn (forward -> local loss -> hand the *detached* carry on -> update; with several replicas the
-update averages the stage's gradients over them) and sends the carry of its last stage to
-rank r+1 with ``isend``: a fixed-size header first (names, dtypes, shapes: they change from batch to
-batch), then the tensors. At most ``queue_size`` batches' sends are in flight per rank, which bounds how
-far a rank runs ahead of the next. No gradient crosses a rank: that is the decoupled cut.
-
-Stage losses: a rank knows only its own stages'. At the end of a run (a chunk of batches) one all-reduce
-over the replica gives each of its ranks the replica's full rows, and only then are ``(batch,
-stage_losses)`` yielded: every update of the chunk is done on every rank by then (the all-reduce is the
-barrier), so the trainer checkpoints, evaluates and agrees on stopping between runs exactly as with the other engines.
-
-Equality: a decoupled stage's update depends only on its input stream, which is the same batches in the
-same order as in the sequential engine (``method.backward=per_group``): with ``model.dropout=0`` the
-weights are bit-identical (with dp replicas: to a dp-process data-parallel sequential run, same global
-batch). Dropout is seeded per (step, stage, replica), so runs with dropout equal each other whatever the
-number of ranks per replica (not the sequential engine's draws, which are seeded per step and process).
-
-Evaluation and saved models: every rank builds the whole model from the config but trains only its own
-stages; :meth:`ProcessPipeline.gather_weights` broadcasts each stage's parameters and buffers from its
-owner in replica 0, after which evaluation runs data parallel over the world as everywhere else.
-Checkpoints: :class:`PipelineState` (registered with ``Accelerator.register_for_checkpointing``) gathers
-replica 0's stage, optimizer and scheduler states into the checkpoint (the other replicas hold identical
-ones) and gives each rank its position's back on load.
-
-Failures: every wait (point-to-point, all-reduce, broadcast) has a deadline (``timeout_s``); a failed or
-expired wait raises :class:`PipelinePeerError` naming the peer, so a crash of one rank ends all of them
-with one line each instead of a hang.
+"""Pipelined training of a decoupled method over the ranks of a launch (``train.pipeline=processes``): each
+rank owns a contiguous block of stages, sends the detached carry to the next rank, and the stage losses are
+shared once per run of batches. :class:`ProcessPipeline` (the engine), :class:`PipelineState` (its checkpoint
+part), :func:`build_process_pipeline`; every wait has a deadline and fails with :class:`PipelinePeerError`.
+Design: docs/architecture.md, "Engines".
 """
 from __future__ import annotations
 

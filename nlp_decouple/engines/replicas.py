@@ -1,22 +1,6 @@
-"""Data parallel x pipeline for ``train.pipeline=processes``: the 2-D layout of the ranks of a launch.
-
-world = dp x pp. pp, the pipeline ranks of one replica, is the length of ``train.stages_per_rank`` (without
-it every launched process is one pipeline rank: pp = world, dp = 1); dp = world / pp replicas (pp must
-divide the world). Replicas are *contiguous* blocks of ranks: replica d is ranks d*pp .. d*pp + pp - 1, and
-rank r is pipeline position r % pp of replica r // pp. So a batch's carry goes from rank r to rank r + 1
-as with one replica, and launchers that number a machine's processes consecutively keep each replica
-(the per-batch carries) on one machine when pp divides its processes; only the stage all-reduces cross.
-
-- Data: replica d reads the batches that process d of a dp-process data-parallel run reads (the loader
-  sharded as Accelerate shards it: batches d, d + dp, ..., the last ones evened out), every pipeline rank
-  of the replica the same ones, so labels need no message.
-- Stage group: the dp ranks at one pipeline position (p, pp + p, 2 pp + p, ...) hold the same stages.
-  Whether a stage's loss is finite is agreed over it before any backward (one member skipping would leave
-  the others in a collective), SupCon's feature gather runs within it, and before each optimizer step
-  the stage's gradients are averaged over it with DDP's arithmetic (times 1/dp, then summed). Their
-  weights and optimizer states therefore stay identical, as in data parallel training.
-- Replica group: the pp ranks of one replica share each chunk's stage losses, so each rank reports its
-  replica's losses (as a data-parallel process reports its own).
+"""The 2-D layout (data parallel x pipeline) of the ranks of a ``train.pipeline=processes`` launch:
+contiguous replicas of ``len(train.stages_per_rank)`` ranks, the stage groups (ranks holding the same stages)
+and replica groups. Design: docs/architecture.md, "Engines".
 """
 from __future__ import annotations
 

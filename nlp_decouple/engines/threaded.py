@@ -1,30 +1,6 @@
-"""Pipelined training of decoupled methods in one process: stage k on device k, one worker thread per
-device slot.
-
-SCPL's "parallel": while stage k+1 works on batch t, stage k already works on batch t+1. A decoupled
-stage's update depends only on its own input stream (the *detached* carry from the stage below), so
-every stage still sees the same batches in the same order, each forward followed by its own update,
-exactly as the sequential engine does with ``method.backward=per_group``: the final weights are the same
-(bit for bit under deterministic kernels and equal thread counts).
-
-Hand-off: between workers sits a bounded queue (``queue_size``), so a fast stage runs at most
-``queue_size + 1`` batches ahead of the next and memory stays bounded. Stage k: forward -> local loss ->
-hand the detached carry and the labels, already copied to stage k+1's device, to the queue ->
-``backward_and_step(k, loss)`` (backward, clipping, optimizer and scheduler step, in the stage's thread). Handing on
-*before* the backward lets stage k+1 start as early as possible; the carry was detached, so stage k's
-step cannot touch it. The end-of-run sentinel travels behind every batch, and each worker passes it on
-only after its own last update: when ``run`` is exhausted, no worker touches weights (a checkpoint is
-consistent), which is why the trainer checkpoints only between runs.
-
-CUDA: each worker runs on its own ``torch.cuda.Stream``; the producer copies the carry to the next device
-on its stream (``non_blocking``) and records an event the consumer's stream waits for. CPU: plain
-threads; PyTorch releases the GIL inside its kernels, so workers overlap as far as the Python overhead
-per op allows. ``torch.set_num_threads`` is per thread with the OpenMP backend, so each CPU worker gets
-its own intra-op budget (``threads_per_stage``; default: the caller's threads split evenly).
-
-Dropout draws from the process-wide generator, which the workers share: runs with dropout are not
-reproducible bit for bit (the equality tests use dropout 0). Under fp16 one GradScaler would be updated
-from several threads: the config refuses fp16 with a pipeline (use bf16).
+"""Pipelined training of a decoupled method in one process (``train.pipeline=true``): stage k on device
+slot k, one worker thread per slot, bounded queues between them; same weights as the sequential engine with
+``method.backward=per_group``. :class:`ThreadedPipeline`. Design: docs/architecture.md, "Engines".
 """
 from __future__ import annotations
 

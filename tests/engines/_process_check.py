@@ -71,7 +71,7 @@ def nan_on_the_last_rank(out: Path) -> None:
             got.loss = got.loss * float("nan")
         return got
     head.forward = poisoned
-    rows = torch.tensor([values for _, values in trainer.engine.run(iter(trainer.loaders.train), 4, 0)])
+    rows = torch.tensor([losses for _, losses in trainer.engine.run(iter(trainer.loaders.train), 4, 0)])
     everyone = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, rows)
     assert all(torch.equal(r.isnan(), everyone[0].isnan()) and torch.equal(r.nan_to_num(), everyone[0].nan_to_num())

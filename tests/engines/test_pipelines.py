@@ -62,7 +62,7 @@ def make_update(model: StagedClassifier, opts: list[torch.optim.Optimizer], log:
 
 def sequential(model: StagedClassifier, batches: list[dict]) -> list[list[float]]:
     """Trainer.train_step with method.backward=per_group (one stage after the other)."""
-    opts, values = optimizers(model), []
+    opts, stage_losses = optimizers(model), []
     update = make_update(model, opts)
     for batch in batches:
         row = []
@@ -71,8 +71,8 @@ def sequential(model: StagedClassifier, batches: list[dict]) -> list[list[float]
             row.append(v if math.isfinite(v) else math.nan)
             if math.isfinite(v):
                 update(k, out.loss)
-        values.append(row)
-    return values
+        stage_losses.append(row)
+    return stage_losses
 
 
 def pipelined(model: StagedClassifier, batches, **kwargs) -> list[list[float]]:
@@ -80,12 +80,12 @@ def pipelined(model: StagedClassifier, batches, **kwargs) -> list[list[float]]:
     kwargs.setdefault("threads_per_stage", 1)
     with ThreadedPipeline(list(model.stages), [CPU] * len(model.stages), make_update(model, opts),
                         decoupled=model.decoupled, **kwargs) as runner:
-        return values_of(runner.run(batches))
+        return stage_losses_of(runner.run(batches))
 
 
-def values_of(steps) -> list[list[float]]:
-    """The loss values of an engine run's ``(batch, values)`` steps."""
-    return [values for _, values in steps]
+def stage_losses_of(steps) -> list[list[float]]:
+    """The stage losses of an engine run's ``(batch, stage_losses)`` steps."""
+    return [losses for _, losses in steps]
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
@@ -140,7 +140,7 @@ def test_stages_sharing_a_worker_train_as_sequentially(case, workers):
 
     with ThreadedPipeline(list(model.stages), [CPU] * 3, update, threads_per_stage=1, workers=workers) as runner:
         assert runner.threads == [1] * len(workers)
-        got = values_of(runner.run(batches))
+        got = stage_losses_of(runner.run(batches))
     assert got == expected
     assert_same_weights(model, reference)
     assert seen == {k: f"pipeline-worker{w}" for w, ks in enumerate(workers) for k in ks}
@@ -187,7 +187,7 @@ def test_each_stage_gets_a_detached_carry_in_its_own_thread():
     model = build("al", "lstm", "model.lstm_state_handoff=true")
     stages = [model.stages[0], Spy(model.stages[1]), Spy(model.stages[2])]
     with ThreadedPipeline(stages, [CPU] * 3, make_update(model, optimizers(model)), threads_per_stage=1) as runner:
-        values_of(runner.run(make_batches(2)))
+        stage_losses_of(runner.run(make_batches(2)))
     # stage 0 is the embedding block; stage 1's LSTM hands its final (h, c) to stage 2
     for k, has_state in ((1, False), (2, True)):
         assert stages[k].seen == [(f"pipeline-worker{k}", False, ["al_t"], has_state)] * 2
@@ -210,10 +210,10 @@ def test_several_epochs_and_limit():
     batches = make_batches(5)
     opts = optimizers(model)
     with ThreadedPipeline(list(model.stages), [CPU] * 3, make_update(model, opts), threads_per_stage=1) as r:
-        assert len(values_of(r.run(batches))) == 5  # epoch 1
-        assert len(values_of(r.run(iter(batches), limit=3))) == 3  # epoch 2, stopped by max_steps
+        assert len(stage_losses_of(r.run(batches))) == 5  # epoch 1
+        assert len(stage_losses_of(r.run(iter(batches), limit=3))) == 3  # epoch 2, stopped by max_steps
         shared = iter(batches)  # chunks over one iterator (a checkpoint between them): no batch lost
-        assert [len(values_of(r.run(shared, limit=2))) for _ in range(3)] == [2, 2, 1]
+        assert [len(stage_losses_of(r.run(shared, limit=2))) for _ in range(3)] == [2, 2, 1]
     sequential(reference, batches + batches[:3] + batches)
     assert_same_weights(model, reference)
 
@@ -225,9 +225,9 @@ def test_with_batch_and_an_exception_in_the_caller_loop():
                         threads_per_stage=1) as runner:
         seen = []
         with pytest.raises(KeyError):  # e.g. the trainer's NonFiniteLoss
-            for batch, values in runner.run(batches):
+            for batch, stage_losses in runner.run(batches):
                 seen.append(batch)
-                assert len(values) == 3
+                assert len(stage_losses) == 3
                 if len(seen) == 3:
                     raise KeyError("caller gave up")
         assert all(a is b for a, b in zip(seen, batches[:3]))
@@ -248,7 +248,7 @@ def test_stages_overlap_and_keep_batch_order():
             ahead.append(len(seen[0]))  # batches stage 0 finished meanwhile
 
     with ThreadedPipeline(list(model.stages), [CPU, CPU], update, threads_per_stage=1, queue_size=2) as runner:
-        rows = values_of(runner.run(make_batches(6)))
+        rows = stage_losses_of(runner.run(make_batches(6)))
     assert len(rows) == 6 and seen == {0: list(range(6)), 1: list(range(6))}
     # sequentially stage 0 would have finished batch 0 only; a queue of 2 lets it finish 0, 1, 2
     # (batch 3 waits for room in the queue before its update)
@@ -290,7 +290,7 @@ def test_exception_in_stage_1_surfaces_quickly(queue_size):
     assert len(rows) <= 2 and not alive_pipeline_threads()  # batches 0, 1 at most (batch 2 failed)
     # the runner is usable again after a failure
     stages[1].at = 10**9
-    assert len(values_of(runner.run(make_batches(2)))) == 2
+    assert len(stage_losses_of(runner.run(make_batches(2)))) == 2
     runner.close()
 
 
@@ -304,7 +304,7 @@ def test_exception_in_update_and_in_input():
 
     with ThreadedPipeline(list(model.stages), [CPU] * 3, update, threads_per_stage=1) as runner:
         with pytest.raises(PipelineError, match="stage 2") as info:
-            values_of(runner.run(make_batches(20)))
+            stage_losses_of(runner.run(make_batches(20)))
         assert info.value.stage == 2
 
         def bad_batches():
@@ -312,7 +312,7 @@ def test_exception_in_update_and_in_input():
             raise OSError("disk gone")
 
         with pytest.raises(PipelineError, match="input batches failed: OSError") as info:
-            values_of(runner.run(bad_batches()))
+            stage_losses_of(runner.run(bad_batches()))
         assert info.value.stage == -1
     assert not alive_pipeline_threads()
 
@@ -325,7 +325,7 @@ def test_caller_leaving_early_stops_the_threads():
             if i == 1:
                 break
         assert not alive_pipeline_threads()
-        assert len(values_of(runner.run(make_batches(2)))) == 2  # a next run (epoch) starts cleanly
+        assert len(stage_losses_of(runner.run(make_batches(2)))) == 2  # a next run (epoch) starts cleanly
 
 
 class NanAt(nn.Module):
@@ -348,7 +348,7 @@ def test_non_finite_loss_is_nan_and_skips_that_update():
     stages = list(model.stages)
     stages[0] = NanAt(stages[0], at=1)
     with ThreadedPipeline(stages, [CPU] * 3, make_update(model, optimizers(model), log), threads_per_stage=1) as r:
-        rows = values_of(r.run(make_batches(4)))
+        rows = stage_losses_of(r.run(make_batches(4)))
     assert math.isnan(rows[1][0])
     assert all(math.isfinite(v) for i, row in enumerate(rows) for k, v in enumerate(row) if (i, k) != (1, 0))
     assert log.count(0) == 3 and log.count(1) == 4 and log.count(2) == 4
@@ -369,7 +369,7 @@ def test_thread_budget_per_stage():
         seen[k] = torch.get_num_threads()
 
     with ThreadedPipeline(list(model.stages), [CPU] * 3, update, threads_per_stage=[1, 2, 1]) as runner:
-        values_of(runner.run(make_batches(2)))
+        stage_losses_of(runner.run(make_batches(2)))
     assert seen == {0: 1, 1: 2, 2: 1}
     assert torch.get_num_threads() == 2  # the caller's own count is untouched
     runner = ThreadedPipeline(list(model.stages), [CPU] * 3, update)  # default: 2 threads over 3 CPU stages

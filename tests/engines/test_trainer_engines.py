@@ -111,5 +111,5 @@ def test_gpipe_runs_under_bf16_autocast(tmp_path, fresh_accelerator_state):
     seen = []
     classifier = next(m for m in trainer.model.stages[0].head.modules() if isinstance(m, torch.nn.Linear))
     classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    values = [v for _, v in trainer.engine.run(iter(trainer.loaders.train), 2, 0)]
-    assert len(values) == 2 and seen and set(seen) == {torch.bfloat16}
+    stage_losses = [losses for _, losses in trainer.engine.run(iter(trainer.loaders.train), 2, 0)]
+    assert len(stage_losses) == 2 and seen and set(seen) == {torch.bfloat16}
