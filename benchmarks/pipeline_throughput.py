@@ -94,11 +94,11 @@ def build(args, method: str, layers: int) -> StagedClassifier:
 def updater(model: StagedClassifier, lr: float):
     opts = [torch.optim.AdamW(stage.parameters(), lr=lr, foreach=True) for stage in model.stages]  # as the trainer
 
-    def update(k: int, loss: torch.Tensor) -> None:
+    def backward_and_step(k: int, loss: torch.Tensor) -> None:
         loss.backward()
         opts[k].step()
         opts[k].zero_grad(set_to_none=True)
-    return update
+    return backward_and_step
 
 
 def sync(devices) -> None:
@@ -109,12 +109,12 @@ def sync(devices) -> None:
 
 def run_sequential(model: StagedClassifier, devices, batches, lr: float) -> list[list[float]]:
     handles = place_stages(list(model.stages), devices)
-    update, rows = updater(model, lr), []
+    backward_and_step, rows = updater(model, lr), []
     for batch in batches:
         row = []
         for k, out in enumerate(model.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"])):
             row.append(float(out.loss.detach()))
-            update(k, out.loss)
+            backward_and_step(k, out.loss)
         rows.append(row)
     sync(devices)
     for h in handles:
@@ -126,7 +126,7 @@ def run_pipeline(model: StagedClassifier, devices, batches, lr: float, queue_siz
                  threads: int | None) -> list[list[float]]:
     with ThreadedPipeline(list(model.stages), devices, updater(model, lr), decoupled=True,
                         queue_size=queue_size, threads_per_stage=threads) as runner:
-        rows = [values for _, values in runner.run(batches)]
+        rows = [stage_losses for _, stage_losses in runner.run(batches)]
     sync(devices)
     return rows
 
@@ -162,10 +162,10 @@ def _rank_main(rank: int, world: int, port: int, args, layers: int, conn) -> Non
         if command == "state":  # a fresh copy of the initial model, as every other mode gets
             model.load_state_dict(payload)
             continue
-        engine.update = updater(model, args.lr)  # fresh optimizers per call, as run_sequential
+        engine.backward_and_step = updater(model, args.lr)  # fresh optimizers per call, as run_sequential
         dist.barrier()
         start = time.perf_counter()
-        rows = [values for _, values in engine.run(iter(payload))]
+        rows = [stage_losses for _, stage_losses in engine.run(iter(payload))]
         dist.barrier()
         conn.send((rows, time.perf_counter() - start))
     dist.destroy_process_group()

@@ -46,7 +46,7 @@ def measure(recipe: str, overrides: list[str], device: str, steps: int, warmup: 
     labels = torch.arange(batch) % num_classes
 
     def optimizers(stages):  # the trainer's: one AdamW per stage, body and heads at their own rates
-        opt = build_optimization(list(stages), cfg.train, per_group=True, updates_per_epoch=1)
+        opt = build_optimization(list(stages), cfg.train, per_stage=True, updates_per_epoch=1)
         if len(opt.optimizers) != len(stages):
             raise SystemExit("a stage has nothing to train (a frozen embedding alone?): measure another cut")
         return opt.optimizers

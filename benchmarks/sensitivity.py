@@ -97,7 +97,7 @@ def curves(out: Path) -> dict[tuple, dict]:
     """The runs as (cell, varied key, fixed settings) -> method -> value -> runs."""
     series: dict[tuple, dict] = {}
     for row in json.loads((out / "sensitivity.json").read_text()).values():
-        series.setdefault((row["cell"], row["vary"], " ".join(row["fixed"])), {}).setdefault(
+        series.setdefault((row["cell"], row["vary"], " ".join(sorted(row["fixed"]))), {}).setdefault(
             row["method"], {}).setdefault(row["value"], []).append(row)
     return series
 

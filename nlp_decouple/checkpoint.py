@@ -14,6 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from .errors import UserError
+from .provenance import stale_reason
 
 log = logging.getLogger("nlp_decouple")
 STATE_FILE = "trainer_state.json"
@@ -58,11 +59,17 @@ def find_resume_point(resume: str, root: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict) -> dict:
+def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict, other_versions: bool = False) -> dict:
     """Load the checkpoint into the prepared objects and return its trainer state; refuse one made with
-    another identity (see ``Trainer._identity``), naming the first differences."""
+    another identity (see ``trainer.checkpoint_identity``), naming the first differences, or by other code
+    or on other data (unless ``other_versions``)."""
     state = json.loads((path / STATE_FILE).read_text())
-    saved = state.pop("identity", {})
+    saved, identity = dict(state.pop("identity", {})), dict(identity)
+    versions = {k: saved.pop(k, None) for k in ("code", "data")}
+    stale = stale_reason(versions, {k: identity.pop(k) for k in ("code", "data")})
+    if stale and not other_versions:
+        raise UserError(f"checkpoint {str(path)!r} was made {stale}: start afresh with a new run_name, or resume "
+                        "it anyway with train.resume_other_versions=true")
     diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in diff[:3])
@@ -76,7 +83,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict) -> dic
     return state
 
 
-def resume_point(accelerator: Accelerator, root: Path, resume: str | None, identity: dict) -> dict | None:
+def resume_point(accelerator: Accelerator, root: Path, resume: str | None, identity: dict,
+                 other_versions: bool = False) -> dict | None:
     """The trainer state to continue from (its weights and optimizer states loaded), or None to start
     afresh. ``resume`` None: a fresh run, whose stale checkpoints are removed (a later ``auto`` would pick
     them up); ``"auto"``: the newest complete checkpoint, if any; else a checkpoint path."""
@@ -91,6 +99,6 @@ def resume_point(accelerator: Accelerator, root: Path, resume: str | None, ident
     if path is None:
         log.info("train.resume=auto: no checkpoint yet, starting afresh")
         return None
-    state = load_checkpoint(accelerator, path, identity)
+    state = load_checkpoint(accelerator, path, identity, other_versions)
     log.info("resumed from %s (epoch %d, %d batches into it)", path, state["epoch"], state["batches_done"])
     return state

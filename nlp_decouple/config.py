@@ -322,15 +322,43 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
             raise UserError(f"recipe {str(path)!r}{line}: malformed YAML ({problem}); fix the syntax") from None
         if not isinstance(raw, dict):
             raise UserError(f"recipe {str(path)!r}: expected a mapping of sections, got {type(raw).__name__}")
+    per_method = raw.pop(PER_METHOD, None)
+    given = set()
     for text in overrides:
         key, value = parse_override(text)
+        given.add(key)
         _set_dotted(raw, key, value)
         # tokenizer.name and tokenizer.train exclude each other: the one given last replaces the other
         if key in ("tokenizer.name", "tokenizer.train") and value is not None:
             other = "train" if key == "tokenizer.name" else "name"
             if isinstance(raw.get("tokenizer"), dict):
                 raw["tokenizer"].pop(other, None)
+    _apply_per_method(raw, per_method, given)
     return config_from_dict(raw)
+
+
+PER_METHOD = "per_method"  # a recipe's settings for one method, e.g. per_method: {scpl: {train.lr: 1.0e-2}}
+
+
+def _apply_per_method(raw: dict, per_method: Any, given: set[str]) -> None:
+    """The recipe's ``per_method`` settings of the chosen method, between the recipe's own and the command
+    line's: a ``key=value`` override still wins."""
+    if per_method is None:
+        return
+    if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
+        raise UserError(f"{PER_METHOD}: expected a mapping of method names to dotted settings, e.g. "
+                        f"{PER_METHOD}: {{scpl: {{train.lr: 1.0e-2}}}}")
+    for name in per_method:
+        if name not in METHODS:
+            close = difflib.get_close_matches(str(name), list(METHODS), n=1)
+            raise UserError(f"{PER_METHOD}.{name}: unknown method" + (f" (did you mean {close[0]!r}?)" if close else
+                            f"; use one of {', '.join(METHODS)}"))
+    section = raw.get("method")
+    default = MethodConfig.model_fields["name"].default
+    method = section.get("name", default) if isinstance(section, dict) else default
+    for dotted, value in (per_method.get(method) or {}).items():
+        if dotted not in given:
+            _set_dotted(raw, str(dotted), value)
 
 
 def num_blocks(cfg: Config) -> int:

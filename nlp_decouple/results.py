@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from .config import Config, group_sizes
+from .provenance import code_version
 from .state import TrainState
 
 
@@ -28,9 +29,11 @@ def versions() -> dict[str, str]:
 
 
 def build_results(state: TrainState, cfg: Config, *, device: torch.device, num_processes: int, num_parameters: int,
-                  label_names: list[str], data_stats: dict, probe_set: dict, word_vector_coverage: float | None
-                  ) -> dict:
+                  label_names: list[str], data_stats: dict, probe_set: dict, word_vector_coverage: float | None,
+                  data_fingerprint: str) -> dict:
     best, last = state.best, state.history[-1]
+    # early stopping ended the run after its last epoch (not train.epochs or max_steps)
+    stopped = state.out_of_patience(cfg.train.early_stopping_patience) and last["epoch"] < cfg.train.epochs
     memory, memory_kind = peak_memory_mb(device)
     test = best["test"] or {}  # eval.test=false (tuning): no test scores at all
     return {
@@ -43,6 +46,7 @@ def build_results(state: TrainState, cfg: Config, *, device: torch.device, num_p
         **state.best_report,
         "label_names": label_names,
         "epochs_run": len(state.history),
+        "stopped_early_at_epoch": last["epoch"] if stopped else None,
         "steps": state.step,
         "train_time_s": state.train_time,
         "time_per_epoch_s": state.train_time / len(state.history),
@@ -61,4 +65,6 @@ def build_results(state: TrainState, cfg: Config, *, device: torch.device, num_p
         "data": data_stats,
         "probe_set": probe_set,  # the texts behind the probes and the standardiser refresh: size, class coverage
         "versions": versions(),
+        "code_version": code_version(),  # with data_fingerprint, part of what a run must share to be reused
+        "data_fingerprint": data_fingerprint,
     }

@@ -50,6 +50,15 @@ def all_ranks(flags: list[bool], accelerator: Accelerator) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def agreed(flags: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """A bool tensor AND-ed over every process, left on the device: one all-reduce, nothing read on the host."""
+    if accelerator.num_processes == 1 or not dist.is_initialized():
+        return flags
+    t = flags.to(torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.bool()
+
+
 def any_rank(flag: bool, accelerator: Accelerator) -> bool:
     """Whether ``flag`` is set on any process."""
     return not all_ranks([not flag], accelerator)[0]

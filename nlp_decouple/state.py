@@ -29,17 +29,27 @@ class TrainState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in names})
 
-    def record_step(self, samples: int, values: list[float]) -> list[int]:
-        """Count a finished step and its stage losses; returns the stages whose loss was non-finite (their
-        update was skipped, on every process alike)."""
+    def count_step(self, samples: int) -> None:
+        """A finished optimizer step of ``samples`` texts (over all processes)."""
         self.step += 1
         self.batches_done += 1
         self.samples += samples
-        self.epoch_losses.append(values)
-        bad = [k for k, v in enumerate(values) if not math.isfinite(v)]
+
+    def record_losses(self, stage_losses: list[float]) -> list[int]:
+        """One step's stage losses, in step order; returns the stages whose loss was non-finite (their
+        update was skipped, on every process alike)."""
+        self.epoch_losses.append(stage_losses)
+        bad = [k for k, v in enumerate(stage_losses) if not math.isfinite(v)]
         self.nonfinite_in_row = self.nonfinite_in_row + 1 if bad else 0
         self.nonfinite_total += bool(bad)
         return bad
+
+    def out_of_patience(self, patience: int | None) -> bool:
+        """Early stopping: ``patience`` finished epochs in a row without a new best validation accuracy
+        (read from the history, so a resumed run decides exactly as an uninterrupted one)."""
+        if patience is None or not self.history:
+            return False
+        return self.history[-1]["epoch"] - self.best["epoch"] >= patience
 
     def next_epoch(self) -> None:
         self.epoch += 1

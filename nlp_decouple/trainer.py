@@ -37,6 +37,7 @@ from .hf import DecoupledForSequenceClassification, save_model_dir
 from .metrics import detailed_report, evaluate, write_predictions
 from .models import load_word_vectors
 from .optim import build_optimization
+from .provenance import code_version, data_fingerprint
 from .results import build_results
 from .signals import StopRequested, StopSignal, any_rank
 from .state import TrainState
@@ -59,6 +60,21 @@ def check_launch(acc: Accelerator, asked: int | None) -> None:
         raise UserError(f"train.num_processes={asked} but {acc.num_processes} process(es) were launched; on CPU use "
                         f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} ...` or "
                         f"torchrun --nproc_per_node {asked}")
+
+
+def checkpoint_identity(trainer: "Trainer") -> dict:
+    """What a checkpoint must share with this run to be resumed: every setting that changes what is computed
+    (schedule included), the sizes the data and launch give, the optimizers' layout, and the code and data
+    versions."""
+    return {**run_identity(trainer.cfg), "num_classes": trainer.data.num_classes, "vocab_size": len(trainer.tokenizer),
+            "num_processes": trainer.accelerator.num_processes, "optimizers": trainer.optimization.layout(),
+            "code": code_version()["id"], "data": trainer.data_fingerprint}
+
+
+def stop_request(stop: StopSignal, state: TrainState) -> StopRequested:
+    """What ends training after the checkpoint just saved (every rank agreed on the stop)."""
+    return StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
+                         "checkpoint saved: continue with the same command and train.resume=auto")
 
 
 def wait_limit(seconds: float) -> InitProcessGroupKwargs:
@@ -100,6 +116,7 @@ class Trainer:
         acc.wait_for_everyone()
         with acc.main_process_first():
             self.data = load_text_data(cfg.data, t.seed, with_test=cfg.eval.test)
+            self.data_fingerprint = data_fingerprint(self.data.splits, self.data.label_names)
             self.tokenizer = build_tokenizer(cfg.tokenizer, self.data.splits["train"]["text"] if cfg.tokenizer.train else None)
             tokenized = tokenize_splits(self.data.splits, self.tokenizer, self.data.max_length)
         if acc.is_main_process:
@@ -116,18 +133,18 @@ class Trainer:
             self.word_vector_coverage = load_word_vectors(self.model.embedding, cfg.model.word_vectors, tok.get_vocab())
         if cfg.model.freeze_embeddings:
             self.model.embedding.weight.requires_grad_(False)
-        per_group = self.model.decoupled and cfg.method.backward == "per_group"
+        per_stage = self.model.decoupled and bool(t.pipeline)  # a pipeline steps each stage on its own
         # data parallel shards the loader: each process makes ceil(len / num_processes) updates an epoch; a
         # process pipeline shards it over its replicas, each rank of a replica seeing all of the replica's
         # batches (schedulers unprepared: one tick per update)
         self.replicas = data_replicas(t, acc.num_processes)
-        self.opt = build_optimization(list(self.model.stages), t, per_group,
-                                      math.ceil(len(self.loaders.train) / self.replicas),
-                                      1 if t.pipeline == "processes" else self.replicas)
-        train_stages = prepare_stages(cfg, self.model, self.opt, self.loaders, acc)
+        self.optimization = build_optimization(list(self.model.stages), t, per_stage,
+                                               math.ceil(len(self.loaders.train) / self.replicas),
+                                               1 if t.pipeline == "processes" else self.replicas)
+        train_stages = prepare_stages(cfg, self.model, self.optimization, self.loaders, acc)
         self.loaders.evals = {k: acc.prepare(v) for k, v in self.loaders.evals.items()}
         self.loaders.probe = acc.prepare(self.loaders.probe)
-        self.engine = build_engine(cfg, self.model, train_stages, self.opt, acc, self._seed_step)
+        self.engine = build_engine(cfg, self.model, train_stages, self.optimization, acc, self._seed_step)
 
     def _seed_step(self, step: int) -> None:
         # randomness (dropout) depends only on (seed, step, rank): a resumed run draws the same masks
@@ -148,7 +165,8 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in state.history))
         try:
             with StopSignal() as stop:
-                while state.epoch <= t.epochs and not self._out_of_steps(state):
+                while (state.epoch <= t.epochs and not self._out_of_steps(state)
+                       and not any_rank(state.out_of_patience(t.early_stopping_patience), acc)):
                     epoch_time = self._train_epoch(state, stop)
                     self._end_epoch(state, epoch_time)
                     if on_epoch is not None:
@@ -156,7 +174,7 @@ class Trainer:
                     state.next_epoch()
                     self._checkpoint(state)
                     if any_rank(stop.requested is not None, self.accelerator):
-                        self._stop(stop, state)
+                        raise stop_request(stop, state)
         finally:
             self.engine.close()
         if acc.is_main_process:
@@ -164,7 +182,7 @@ class Trainer:
         results = build_results(state, cfg, device=acc.device, num_processes=acc.num_processes,
                                 num_parameters=count_parameters(self.model), label_names=self.data.label_names,
                                 data_stats=self.data.stats, probe_set=self.probe.stats(),
-                                word_vector_coverage=self.word_vector_coverage)
+                                word_vector_coverage=self.word_vector_coverage, data_fingerprint=self.data_fingerprint)
         if acc.is_main_process:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         for tracker in acc.trackers:  # not end_training(): the process group outlives the run (end_process_group)
@@ -195,14 +213,14 @@ class Trainer:
                    disable=not (acc.is_local_main_process and t.progress))
         start, spent = time.perf_counter(), 0.0
         while True:
-            ran = 0
-            for batch, values in self.engine.run(batches, self._chunk(state), state.step):
-                ran += 1
-                self._record_step(state, batch, values)
+            chunk_losses = []  # each step's stage losses, left on the device until the chunk ends
+            for batch, stage_losses in self.engine.run(batches, self._chunk(state), state.step):
+                state.count_step(batch["labels"].shape[0] * self.replicas)
+                chunk_losses.append(torch.as_tensor(stage_losses, dtype=torch.float64))
                 bar.update(1)
-                bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values))
+            self._record_losses(state, chunk_losses, bar)
             # the engine is quiescent here: no thread touches weights until the next run
-            if ran == 0 or state.batches_done >= total or self._out_of_steps(state):
+            if not chunk_losses or state.batches_done >= total or self._out_of_steps(state):
                 break
             asked = any_rank(stop.requested is not None, acc)
             if asked or (t.save_every and state.step % t.save_every == 0):
@@ -211,28 +229,28 @@ class Trainer:
                 self._checkpoint(state)
                 start = time.perf_counter()
             if asked:
-                self._stop(stop, state)
+                raise stop_request(stop, state)
         bar.close()
         state.train_time += time.perf_counter() - start
         return spent + time.perf_counter() - start
 
-    def _record_step(self, state: TrainState, batch: dict, values: list[float]) -> None:
-        bad = state.record_step(batch["labels"].shape[0] * self.replicas, values)
-        if self.cfg.train.log_with and state.step % 10 == 0:
-            self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(values)}, step=state.step)
-        if not bad:
-            return
-        log.warning("step %d: non-finite loss in stage(s) %s; update skipped", state.step, bad)
-        if state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
-            raise NonFiniteLoss(
-                f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
-                f"{state.step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
-                f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
-
-    def _stop(self, stop: StopSignal, state: TrainState) -> None:
-        """End training after the checkpoint just saved (every rank agreed on the stop)."""
-        raise StopRequested(f"stopped by {stop.requested or 'a signal to another process'} at step {state.step}; "
-                            "checkpoint saved: continue with the same command and train.resume=auto")
+    def _record_losses(self, state: TrainState, chunk_losses: list[torch.Tensor], bar: tqdm) -> None:
+        """The chunk's stage losses, read on the host at once (no step waits for the device), then recorded step
+        by step: tracker logs, and a non-finite streak stops the run at the step a per-step check would."""
+        rows = torch.stack(chunk_losses).tolist() if chunk_losses else []
+        for step, row in enumerate(rows, start=state.step - len(rows) + 1):
+            bad = state.record_losses(row)
+            if self.cfg.train.log_with and step % 10 == 0:
+                self.accelerator.log({f"train/loss_stage{k}": v for k, v in enumerate(row)}, step=step)
+            if bad:
+                log.warning("step %d: non-finite loss in stage(s) %s; update skipped", step, bad)
+            if bad and state.nonfinite_in_row >= self.cfg.train.max_nonfinite:
+                raise NonFiniteLoss(
+                    f"loss was non-finite in stage(s) {bad} for {state.nonfinite_in_row} steps in a row (step "
+                    f"{step}); lower train.lr, set train.grad_clip=1.0 or use train.mixed_precision=no"
+                    f" (checkpoints so far are in {self.run_dir / 'checkpoints'})")
+        if rows:
+            bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in rows[-1]))
 
     def _end_epoch(self, state: TrainState, epoch_time: float) -> None:
         acc, cfg = self.accelerator, self.cfg
@@ -261,19 +279,15 @@ class Trainer:
             acc.log({f"{split}/accuracy": row[split]["accuracy"] for split in ("validation", "test") if row[split]},
                     step=state.step)
 
-    def _identity(self) -> dict:
-        """What a checkpoint must share with this run to be resumed: every setting that changes what is
-        computed (schedule included), and the sizes the data and launch give."""
-        return {**run_identity(self.cfg), "num_classes": self.data.num_classes, "vocab_size": len(self.tokenizer),
-                "num_processes": self.accelerator.num_processes}
-
     def _checkpoint(self, state: TrainState) -> None:
-        path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state.step,
-                               {**state.to_dict(), "identity": self._identity()}, self.cfg.train.keep_checkpoints)
+        saved = {**state.to_dict(), "identity": checkpoint_identity(self)}
+        path = save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state.step, saved,
+                               self.cfg.train.keep_checkpoints)
         log.info("checkpoint %s", path)
 
     def _resume(self) -> TrainState | None:
-        saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume, self._identity())
+        saved = resume_point(self.accelerator, self.run_dir / "checkpoints", self.cfg.train.resume,
+                             checkpoint_identity(self), self.cfg.train.resume_other_versions)
         return None if saved is None else TrainState.from_dict(saved)
 
     def _save_weights(self, tag: str, row: dict, test=None) -> None:

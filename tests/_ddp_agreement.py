@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py in a fresh interpreter: decisions two CPU processes must take alike.
 
     python tests/_ddp_agreement.py SCENARIO [SCENARIO ...] OUT_DIR
-        SCENARIO: one-process-lr | schedule | nan-per_group | nan-sum | signal
+        SCENARIO: one-process-lr | schedule | nan-per_group | nan-sum | signal | early-stop
 
 Each scenario but the first runs under ``accelerate.debug_launcher`` (2 processes, gloo), the first in one
 forked process; each prints ``ok SCENARIO`` (or ``FAILED SCENARIO: why``). All run from this one
@@ -38,7 +38,7 @@ def lr_curve(out: str, steps: int) -> list[float]:
                           f"train.max_steps={steps}")
     curve = []
     for _ in trainer.engine.run(iter(trainer.loaders.train), steps, 0):
-        curve.append(trainer.opt.schedulers[0].get_last_lr()[0])
+        curve.append(trainer.optimization.schedulers[0].get_last_lr()[0])
     return curve
 
 
@@ -52,11 +52,11 @@ def schedule(out: str) -> None:
                           "train.epochs=2", "eval.every_group=false")
     per_epoch = len(trainer.loaders.train)  # batches per process after prepare
     used = []  # the learning rate of each update, read as the optimizer steps
-    trainer.opt.optimizers[0].optimizer.register_step_post_hook(
+    trainer.optimization.optimizers[0].optimizer.register_step_post_hook(
         lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     trainer.fit()
     assert len(used) == 2 * per_epoch and used[-1] > 0.0, used
-    assert trainer.opt.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
+    assert trainer.optimization.schedulers[0].get_last_lr()[0] == 0.0  # reached exactly after the last update
 
 
 def _weights(trainer) -> torch.Tensor:
@@ -94,8 +94,10 @@ def nan(out: str, backward: str) -> None:
 
 
 def stop_signal(out: str) -> None:
-    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang."""
+    """SIGTERM to rank 1 only: both ranks save one checkpoint at the same step and stop; no hang. The stop is
+    agreed at the end of the engine's chunk of steps: here 2, so a signal during step 3 stops both at 4."""
     trainer = trainer_for(out, "method.name=scpl", "train.epochs=2")
+    trainer.engine.chunk = 2
     head = trainer.model.stages[0].head
     forward, calls = head.forward, [0]
 
@@ -115,10 +117,35 @@ def stop_signal(out: str) -> None:
     steps = torch.tensor([calls[0]])
     both = [torch.empty_like(steps) for _ in range(2)]
     dist.all_gather(both, steps)
-    assert both[0].item() == both[1].item() == 3, both
+    assert both[0].item() == both[1].item() == 4, both
     if dist.get_rank() == 0:
         saved = sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir())
-        assert saved == ["step_00000003"], saved
+        assert saved == ["step_00000004"], saved
+
+
+def early_stop(out: str) -> None:
+    """Early stopping decided alike: rank 0 sees validation plateau (a learning rate too small to move the
+    weights), rank 1 alone is shown it improving; both stop after epoch 2, together (no hang)."""
+    import nlp_decouple.trainer as trainer_module
+
+    if dist.get_rank() == 1:
+        evaluate, calls = trainer_module.evaluate, [0]
+
+        def improving(*args, **kwargs):
+            scores, outs = evaluate(*args, **kwargs)
+            calls[0] += 1
+            scores["validation"] = {**scores["validation"], "accuracy": calls[0] / 10}
+            return scores, outs
+
+        trainer_module.evaluate = improving
+    trainer = trainer_for(out, "method.name=bp", "train.epochs=4", "train.early_stopping_patience=1",
+                          "train.lr=1e-9", "train.timeout_s=60", "eval.every_group=false")
+    epochs = torch.tensor([trainer.fit()["epochs_run"]])
+    both = [torch.empty_like(epochs) for _ in range(2)]
+    dist.all_gather(both, epochs)
+    assert both[0].item() == both[1].item() == 2, both
+    if dist.get_rank() == 0:
+        assert json.loads((trainer.run_dir / "results.json").read_text())["stopped_early_at_epoch"] == 2
 
 
 def one_process_lr(out: str) -> None:
@@ -140,6 +167,8 @@ def run(scenario: str, out: str) -> None:
         debug_launcher(lambda: nan(out, scenario[4:]), num_processes=2)
     elif scenario == "signal":
         debug_launcher(lambda: stop_signal(out), num_processes=2)
+    elif scenario == "early-stop":
+        debug_launcher(lambda: early_stop(out), num_processes=2)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

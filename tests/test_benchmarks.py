@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import HF_CACHE, REPO, SWEEP_SEEDS, need
+import yaml
+from conftest import AG_NEWS, HF_CACHE, REPO, SHARED, SWEEP_SEEDS, need
+
+from nlp_decouple.config import load_config
+from nlp_decouple.tuning.recipe import read_provenance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,3 +271,58 @@ def test_verdict_null_counts_false_differences_of_both_rules(tmp_path):
     # a strong true effect is called by both rules: the simulated difference does reach the verdicts
     strong = sys.modules["verdict_null"].simulate(3, 4, 3000, 0.3, 0.12, 50, 0, effect=8.0)["false_difference_rate"]
     assert strong == {"bootstrap": 1.0, "t_test": 1.0}
+
+
+@pytest.mark.slow
+@need(AG_NEWS)
+def test_protocol_tunes_on_validation_reports_fresh_seeds_and_refuses_runs_of_other_code(tmp_path):
+    """benchmarks/protocol.sh on a tiny AG News cell: the protocol's spaces, defaults, early stopping and seeds,
+    then a rerun that refuses a run of other code in one line unless REUSE_OTHER_VERSIONS=1."""
+    env = {**os.environ, "SHARED": str(SHARED), "METHODS": "bp,scpl", "TRIALS": "1", "EPOCHS": "2", "PATIENCE": "1",
+           "SEEDS": "10,11", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "EXTRA": "data.max_train_samples=200 model.hidden_size=16 model.num_layers=1 eval.probe_samples=50 "
+                    "tokenizer.vocab_size=2000 eval.every_group=false"}
+
+    def protocol(**more):
+        return subprocess.run(["bash", str(REPO / "benchmarks" / "protocol.sh"), "agnews_lstm", str(tmp_path)],
+                              env={**env, **more}, capture_output=True, text=True, timeout=1200)
+
+    first = protocol()
+    assert first.returncode == 0, first.stderr[-3000:]
+    cell = tmp_path / "agnews_lstm"
+    for method, own in (("bp", "model.dropout"), ("scpl", "method.temperature")):
+        prov = read_provenance(cell / "tune" / f"{method}.yaml")
+        assert prov["space"]["train.lr"] == "log:0.0001:0.03" and set(prov["space"]) == {"train.lr",
+                                                                                          "train.weight_decay", own}
+        cfg = yaml.safe_load((cell / "tune" / f"{method}.yaml").read_text())
+        assert (cfg["model"]["lstm_pooling"], cfg["method"]["projection"]) == ("last", "identity")  # defaults
+        assert (cfg["train"]["epochs"], cfg["train"]["early_stopping_patience"]) == (2, 1)
+        for seed in (10, 11):
+            results = json.loads((cell / "seeds" / method / f"{method}-seed{seed}" / "results.json").read_text())
+            assert results["seed"] == seed and results["code_version"]["id"] and results["data_fingerprint"]
+    assert (cell / "report" / "report.md").is_file()
+
+    path = cell / "seeds" / "bp" / "bp-seed10" / "results.json"
+    results = json.loads(path.read_text())
+    results["code_version"]["id"] = "git:0123456789abcdef"
+    path.write_text(json.dumps(results))
+    refused = protocol()
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and refused.stderr.strip().splitlines()[-1] == errors[0]  # one line, and the last
+    assert "bp-seed10 was made by other code" in refused.stderr and "--reuse-other-versions" in refused.stderr
+    assert protocol(REUSE_OTHER_VERSIONS="1").returncode == 0
+    assert json.loads(path.read_text())["code_version"]["id"] == "git:0123456789abcdef"  # kept, not retrained
+
+
+@pytest.mark.parametrize("cell", ["transformer", "lstm", "minilm"])
+def test_step_overhead_cells_are_valid_configs_of_the_protocol_model(cell):
+    step_overhead = script("step_overhead")
+    recipe, overrides = step_overhead.cell_overrides(cell, Path("../shared"), 32)
+    for method in step_overhead.METHODS:
+        cfg = load_config(recipe, [*overrides, f"method.name={method}"])
+        assert cfg.train.grad_clip == 1.0 and cfg.data.max_length == 64 and cfg.method.name == method
+        if cell != "minilm":  # the protocol's small-CPU model: d = 64, embedding + 3 blocks, batch 128
+            assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.batch_size) == (64, 3, 128)
+    with pytest.raises(SystemExit, match="unknown cell"):
+        step_overhead.cell_overrides("gru", Path("../shared"), 32)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from nlp_decouple.checkpoint import complete_checkpoints, find_resume_point
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
+from nlp_decouple.provenance import code_version
 from nlp_decouple.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +172,20 @@ def test_resume_loads_nothing_unsafe(tmp_path, monkeypatch):
     checkpoint = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     assert not list(checkpoint.glob("*.bin")) or list(checkpoint.glob("model*.safetensors"))
     assert not list(checkpoint.glob("pytorch_model*.bin"))
+
+
+@pytest.mark.parametrize("key, reason", [("code", "by other code"), ("data", "on other data")])
+def test_resume_of_a_checkpoint_made_by_other_code_or_data_is_refused_unless_asked(tmp_path, key, reason):
+    first = Trainer(_tiny(tmp_path)).fit()
+    assert first["code_version"] == code_version() and len(first["data_fingerprint"]) == 16
+    newest = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "trainer_state.json"
+    state = json.loads(newest.read_text())
+    assert state["identity"]["code"] == code_version()["id"]
+    assert state["identity"]["data"] == first["data_fingerprint"]
+    state["identity"][key] = "git:0123456789abcdef"  # as if written by another version
+    newest.write_text(json.dumps(state))
+    with pytest.raises(UserError, match=f"{reason} .*train.resume_other_versions=true") as info:
+        Trainer(_tiny(tmp_path, "train.resume=auto")).fit()
+    assert "\n" not in str(info.value)
+    again = Trainer(_tiny(tmp_path, "train.resume=auto", "train.resume_other_versions=true")).fit()
+    assert again["steps"] == first["steps"] and again["test_accuracy"] == first["test_accuracy"]

@@ -170,6 +170,7 @@ def test_unknown_key_without_close_match_lists_known_keys():
     ("train.progress=maybe", "train.progress"),
     ("train.batch_size=true", "train.batch_size"),
     ("method.inforeg_weights=1,x,2", "method.inforeg_weights[1]"),
+    ("train.early_stopping_patience=2.5", "train.early_stopping_patience"),
 ])
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises(UserError, match="expected") as info:
@@ -197,6 +198,7 @@ def test_section_given_a_scalar(tmp_path):
     (["method.inforeg_weights=1,1"], "method.inforeg_weights"),
     (["tokenizer.vocab_size=10"], "tokenizer.vocab_size"),
     (["data.name=custom"], "data.path"),
+    (["train.early_stopping_patience=0"], "train.early_stopping_patience"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
     with pytest.raises(UserError) as info:
@@ -355,6 +357,32 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_recipe_that_is_not_a_mapping(tmp_path):
     with pytest.raises(UserError, match="expected a mapping"):
         load_config(write(tmp_path, "- data\n- model\n"))
+
+
+def test_per_method_settings_apply_to_their_method_only_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: {name: bp}\ntrain: {lr: 3.0e-3, epochs: 4}\n"
+                      "per_method:\n  scpl: {train.lr: 1.0e-2, method.temperature: 0.2}\n  al: {train.epochs: 7}\n")
+    bp = load_config(recipe)
+    assert (bp.train.lr, bp.train.epochs, bp.method.temperature) == (3e-3, 4, 0.1)
+    scpl = load_config(recipe, ["method.name=scpl"])
+    assert (scpl.train.lr, scpl.train.epochs, scpl.method.temperature) == (1e-2, 4, 0.2)
+    assert load_config(recipe, ["method.name=scpl", "train.lr=5e-4"]).train.lr == 5e-4
+    assert load_config(recipe, ["method.name=al"]).train.epochs == 7
+    assert "per_method" not in scpl.to_dict()  # a run records the settings it used
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("per_method: {scpll: {train.lr: 1.0}}", "per_method.scpll: unknown method .*did you mean .scpl."),
+    ("per_method: [1, 2]", "per_method: expected a mapping"),
+    ("per_method: {scpl: {train.lrr: 1.0}}\nmethod: {name: scpl}", "unknown key .train.lrr.: did you mean train.lr"),
+    ("per_method: {scpl: {train.lr: -1.0}}\nmethod: {name: scpl}", "train.lr: -1.0 must be > 0"),
+])
+def test_bad_per_method_settings_get_one_line(tmp_path, text, match):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text + "\n")
+    with pytest.raises(UserError, match=match):
+        load_config(recipe)
 
 
 def test_empty_recipe_gives_defaults(tmp_path):

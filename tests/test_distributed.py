@@ -49,7 +49,7 @@ def test_refuses_a_world_size_other_than_asked(tmp_path):
         Trainer(cfg)
 
 
-AGREEMENT = ["one-process-lr", "schedule", "nan-per_group", "nan-sum", "signal"]
+AGREEMENT = ["one-process-lr", "schedule", "nan-per_group", "nan-sum", "signal", "early-stop"]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,12 @@ def test_compare_under_torchrun_trains_its_runs_one_after_another_in_one_process
         results = json.loads((tmp_path / f"bp-seed{seed}" / "results.json").read_text())
         assert results["num_processes"] == 2 and results["seed"] == seed
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp_agreement")
+def test_early_stopping_is_agreed_by_every_rank(agreement):
+    _ok(agreement, "early-stop")
 
 
 def test_refuses_a_launch_accelerate_does_not_see(tmp_path, monkeypatch):

@@ -32,8 +32,8 @@ def test_nan_in_one_stage_skips_only_that_update(tmp_path):
     _poison(trainer, 1, {1})
     before = [{n: p.detach().clone() for n, p in s.named_parameters()} for s in trainer.model.stages]
     batch = next(iter(trainer.loaders.train))
-    values = trainer.engine.step(batch)
-    assert torch.isnan(torch.tensor(values[1])) and all(v == v for k, v in enumerate(values) if k != 1)
+    stage_losses = trainer.engine.step(batch)
+    assert stage_losses.isnan().tolist() == [k == 1 for k in range(len(trainer.model.stages))]
     for k, stage in enumerate(trainer.model.stages):
         changed = any(not torch.equal(p, before[k][n]) for n, p in stage.named_parameters())
         assert changed == (k != 1), f"stage {k}"
@@ -50,4 +50,14 @@ def test_nan_in_a_row_stops_with_a_clear_message(tmp_path):
     trainer = Trainer(load_config("recipes/quickstart.yaml", [*TINY, f"output_dir={tmp_path}", "train.max_nonfinite=3"]))
     _poison(trainer, 2, set(range(1, 100)))
     with pytest.raises(NonFiniteLoss, match=r"stage\(s\) \[2\] for 3 steps in a row.*train.lr"):
+        trainer.fit()
+
+
+def test_a_streak_over_a_chunk_end_stops_at_the_step_it_reached_the_limit(tmp_path):
+    """The losses are read once per chunk of steps: a streak running over a chunk's end still stops the run
+    at the step where it reached train.max_nonfinite, before any checkpoint or evaluation."""
+    trainer = Trainer(load_config("recipes/quickstart.yaml", [*TINY, f"output_dir={tmp_path}", "train.max_nonfinite=3"]))
+    trainer.engine.chunk = 2
+    _poison(trainer, 1, {2, 3, 4})
+    with pytest.raises(NonFiniteLoss, match=r"stage\(s\) \[1\] for 3 steps in a row \(step 4\)"):
         trainer.fit()

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel
 
 from nlp_decouple.classifier import StagedClassifier
 from nlp_decouple.config import load_config
-from nlp_decouple.optim import build_optimization, parameter_groups
+from nlp_decouple.optim import StagedAdamW, build_optimization, parameter_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB, PAD, CLASSES, MAXLEN = 60, 0, 3, 16
@@ -69,7 +69,7 @@ def test_frozen_parameters_are_left_out(tiny_bert):
 def test_linear_schedule_warms_up_then_decays_every_group(tiny_bert):
     model, t = build("pretrained", "bp", tiny_bert, "train.lr=5e-5", "train.head_lr=1e-3", "train.weight_decay=0.01",
                      "train.scheduler=linear", "train.warmup_ratio=0.25", "train.epochs=1")
-    opt = build_optimization(list(model.stages), t, per_group=False, updates_per_epoch=8)  # 2 warm-up updates of 8
+    opt = build_optimization(list(model.stages), t, per_stage=False, updates_per_epoch=8)  # 2 warm-up updates of 8
     (optimizer,), (schedule,) = opt.optimizers, opt.schedulers
     base = schedule.base_lrs  # the groups' own rates, which the schedule scales
     assert sorted(set(base)) == [5e-5, 1e-3]
@@ -81,3 +81,38 @@ def test_linear_schedule_warms_up_then_decays_every_group(tiny_bert):
     expected = [0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
     for row, e in zip(factors, expected):
         assert row == pytest.approx([e] * len(base))
+
+
+def test_a_skipped_stage_is_left_untouched_and_the_others_step_as_alone():
+    """StagedAdamW.step(skip=flags): stage 1 flagged keeps its weights, moments and step count; stage 0 takes
+    the step a plain fused AdamW over it alone takes; nothing is read on the host to decide."""
+    torch.manual_seed(0)
+    stages = [torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)]
+    reference = [p.detach().clone().requires_grad_() for p in stages[0].parameters()]
+    groups = [{"params": list(s.parameters()), "stage": k} for k, s in enumerate(stages)]
+    optimizer, alone = StagedAdamW(groups, lr=0.1), torch.optim.AdamW(reference, lr=0.1, fused=True)
+    for skip in ([False, False], [False, True]):
+        for p, q in zip(stages[0].parameters(), reference):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        for p in stages[1].parameters():  # a flagged stage's gradient is NaN (its loss was)
+            p.grad = torch.full_like(p, float("nan")) if skip[1] else torch.randn_like(p)
+        before = [p.detach().clone() for p in stages[1].parameters()]
+        moments = [v.clone() for p in stages[1].parameters() for v in optimizer.state.get(p, {}).values()]
+        optimizer.step(skip=torch.tensor(skip))
+        alone.step()
+        assert all(torch.equal(p, q) for p, q in zip(stages[0].parameters(), reference))
+        after = [v for p in stages[1].parameters() for v in optimizer.state[p].values()]
+        if skip[1]:
+            assert all(torch.equal(p, b) for p, b in zip(stages[1].parameters(), before))
+            assert all(torch.equal(v, m) for v, m in zip(after, moments))  # step count included
+        else:
+            assert not any(torch.equal(p, b) for p, b in zip(stages[1].parameters(), before))
+
+
+def test_layout_names_each_optimizer_and_its_stages(tiny_bert):
+    model, t = build("lstm", "scpl", tiny_bert)
+    one = build_optimization(list(model.stages), t, per_stage=False, updates_per_epoch=4)
+    per_stage = build_optimization(list(model.stages), t, per_stage=True, updates_per_epoch=4)
+    assert one.layout() == "StagedAdamW over stages [0, 1, 2]"
+    assert per_stage.layout() == "; ".join(f"StagedAdamW over stages [{k}]" for k in range(3))

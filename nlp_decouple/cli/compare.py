@@ -6,9 +6,10 @@
 Each run gets its own directory ``OUT/<method>-seed<seed>`` and is a fresh ``python -m nlp_decouple.train``
 process (so its peak memory is its own). The sweep is resumable: a finished run with the same settings is
 kept, an interrupted one continues from its last checkpoint (``train.resume=auto``), and a run directory
-holding different settings is refused. Each run also gets ``source_recipe.json``: the recipe it came from
-and, for a recipe written by ``tune``, its provenance (the report says when a verdict is about untuned
-settings). The report goes to ``OUT/report`` (see ``nlp_decouple.report``).
+holding different settings, or made by other code or on other data, is refused (``--reuse-other-versions``
+reuses the latter anyway). Each run also gets ``source_recipe.json``: the recipe it came from and, for a
+recipe written by ``tune``, its provenance (the report says when a verdict is about untuned settings). The
+report goes to ``OUT/report`` (see ``nlp_decouple.report``).
 
 Under ``accelerate launch`` / ``torchrun`` with several processes, the runs train in this process group
 one after another (data parallel), and rank 0 writes the report. ``--launcher "accelerate launch
@@ -34,6 +35,7 @@ from ..extras import require_report
 from ..logs import setup_console
 from ..registry import METHODS
 from ..report_data import SOURCE_FILE
+from ..reuse import OVERRIDE, check_reuse
 from ..stats import DEFAULT_MARGIN
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]  # five: the paired t test's interval is usable, with three it is very wide
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="sweep directory (default: <output_dir>/compare-<recipe name>)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each with cpu_count/jobs threads")
+    parser.add_argument(OVERRIDE, action="store_true",
+                        help="keep finished or interrupted runs made by other code or on other data")
     parser.add_argument("--launcher", default=None, help='prefix for each run, e.g. "accelerate launch --num_processes 2"')
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--resamples", type=int, default=2000, help="the report's paired bootstrap resamples (default 2000)")
@@ -97,7 +101,8 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], list[int], list[str]]:
     return methods, seeds, rest
 
 
-def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], out: Path) -> list[PlannedRun]:
+def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], out: Path,
+         other_versions: bool = False) -> list[PlannedRun]:
     """Validate every run's config before training any, and find what is already done."""
     runs = []
     for method in methods:
@@ -119,6 +124,8 @@ def plan(recipe: str, methods: list[str], seeds: list[int], common: list[str], o
                     state = "done"
                 elif (run_dir / "checkpoints").is_dir():
                     state = "resume"
+                    overrides += ["train.resume_other_versions=true"] if other_versions else []
+                check_reuse(run_dir, cfg, other_versions)
             runs.append(PlannedRun(method, seed, overrides, run_dir, state))
     return runs
 
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.recipe, common)  # a bad override fails here, before anything trains
     refuse_tuning_seeds(args.recipe, seeds)
     out = args.out or Path(base.output_dir) / f"compare-{Path(args.recipe).stem}"
-    runs = plan(args.recipe, methods, seeds, common, out)
+    runs = plan(args.recipe, methods, seeds, common, out, args.reuse_other_versions)
     todo = [r for r in runs if r.state != "done"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank0 = int(os.environ.get("RANK", "0")) == 0

@@ -30,7 +30,9 @@ from ..config import load_config, run_identity
 from ..errors import UserError, cli_entry
 from ..extras import require
 from ..logs import setup_console
+from ..provenance import code_version
 from ..registry import METHODS
+from ..reuse import OVERRIDE
 from ..tuning.space import build_spaces, format_value
 from .compare import DEFAULT_SEEDS
 
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", action="store_true", help="only rewrite OUT/<method>.yaml from the studies")
     parser.add_argument("--warmup-epochs", type=int, default=1,
                         help="epochs every trial trains before the pruner may stop it (default 1)")
+    parser.add_argument(OVERRIDE, action="store_true", help="go on with studies whose trials ran other code")
     args = parser.parse_intermixed_args(argv)
     if args.warmup_epochs < 0:
         raise UserError("--warmup-epochs must be >= 0")
@@ -101,13 +104,21 @@ def check_spaces(recipe: str, common: list[str], spaces: dict) -> None:
                     raise UserError(f"space.{key}={dim.spec()} ({method}): {err}") from None
 
 
-def claim(study, recipe: str, base: dict, space: dict, seeds: list[int], trials: int) -> None:
-    """Record what the study tunes, or refuse a sweep folder holding another experiment."""
-    settings = {"recipe": recipe, "base": base, "space": {k: d.spec() for k, d in space.items()}, "seeds": seeds}
+def claim(study, recipe: str, base: dict, space: dict, seeds: list[int], trials: int,
+          other_versions: bool = False) -> None:
+    """Record what the study tunes, or refuse a sweep folder holding another experiment, or trials run by
+    other code (unless ``other_versions``)."""
+    code = code_version()["id"]
+    settings = {"recipe": recipe, "base": base, "space": {k: d.spec() for k, d in space.items()}, "seeds": seeds,
+                "code": code}
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
     else:
+        if stored.get("code") != code and not other_versions:
+            raise UserError(f"the {study.study_name} study in this sweep folder ran its trials with other code "
+                            f"({stored.get('code') or 'not recorded'}, now {code}): give another --out or delete the "
+                            f"folder to start over, or go on with it anyway with {OVERRIDE}")
         same = {"recipe/overrides": run_identity(stored["base"]) == run_identity(base),
                 "space": stored["space"] == settings["space"], "seeds": stored["seeds"] == seeds}
         if not all(same.values()):
@@ -157,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             study = open_study(out, method)
             method_common = [*common, f"method.name={method}"]
-            claim(study, str(args.recipe), load_config(args.recipe, method_common).to_dict(), spaces[method], seeds, trials)
+            claim(study, str(args.recipe), load_config(args.recipe, method_common).to_dict(), spaces[method], seeds, trials,
+                  args.reuse_other_versions)
             retried = retry_orphans(study)
             if retried:
                 log.info("%s: trial(s) %s were cut short by a killed tune; they run again", method, retried)

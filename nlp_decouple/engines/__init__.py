@@ -20,7 +20,7 @@ from ..classifier import StagedClassifier
 from ..config import Config
 from ..errors import UserError
 from ..optim import Optimization
-from ..signals import all_ranks
+from ..signals import agreed
 from .base import Engine
 from .gpipe import GPipe
 from .processes import PipelinePeerError, ProcessPipeline, build_process_pipeline
@@ -33,15 +33,15 @@ from .workers import PipelineError, thread_budget
 log = logging.getLogger("nlp_decouple")
 
 
-def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimization, accelerator: Accelerator,
-                 seed: Callable[[int], None]) -> Engine:
+def build_engine(cfg: Config, model: StagedClassifier, stages: list, optimization: Optimization,
+                 accelerator: Accelerator, seed: Callable[[int], None]) -> Engine:
     """``stages``: the model's stages as prepared for training (DDP twins under several processes)."""
     t = cfg.train
     if t.pipeline == "processes":
-        return build_process_pipeline(cfg, model, opt, accelerator)
+        return build_process_pipeline(cfg, model, optimization, accelerator)
     if not t.pipeline:
         per_group = model.decoupled and cfg.method.backward == "per_group"
-        return Sequential(model, stages, opt, per_group, lambda flags: all_ranks(flags, accelerator), seed)
+        return Sequential(model, stages, optimization, per_group, lambda flags: agreed(flags, accelerator), seed)
     if accelerator.num_processes != 1:
         raise UserError("train.pipeline=threads runs in one process (its stages are the parallelism): launch "
                         "without --num_processes, set train.pipeline=processes for a block of stages per process "
@@ -50,13 +50,13 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimi
         devices = assign_devices(t.devices, len(model.stages))
         place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
 
-        def update(k: int, loss) -> None:
-            if k in opt.optimizer_of:  # a frozen stage has nothing to step
-                opt.update(opt.optimizer_of[k], loss)
+        def backward_and_step(k: int, loss) -> None:
+            if k in optimization.optimizer_of:  # a frozen stage has nothing to step
+                optimization.backward_and_step(optimization.optimizer_of[k], loss)
 
         workers = assign_workers(t.devices, len(model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
         log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices], workers)
-        return ThreadedPipeline(model.stages, devices, update, queue_size=t.queue_size,
+        return ThreadedPipeline(model.stages, devices, backward_and_step, queue_size=t.queue_size,
                                 threads_per_stage=t.threads_per_stage, move_stages=False,
                                 context=accelerator.autocast, workers=workers)
     stage = model.stages[0]
@@ -67,11 +67,11 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, opt: Optimi
     log.info("pipeline: bp partitions on %s", [str(d) for d in devices])
     return GPipe(stage, devices, t.micro_batches, backward=accelerator.backward, threads_per_partition=t.threads_per_stage,
                  context=accelerator.autocast, queue_size=t.queue_size,
-                 step=lambda finite: opt.finish(0, skip=not finite), seed=seed)
+                 step=lambda finite: optimization.step(0) if finite else optimization.discard(0), seed=seed)
 
 
-def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, loaders, accelerator: Accelerator
-                   ) -> list:
+def prepare_stages(cfg: Config, model: StagedClassifier, optimization: Optimization, loaders,
+                   accelerator: Accelerator) -> list:
     """The stages as the engine trains them, with the optimizers and training loader prepared to match.
     Data parallel: a DDP wrapper per trainable stage (each backward syncs its own stage's gradients), the
     loader sharded over the processes. Process pipeline: the stages as they are (each rank trains its own
@@ -80,7 +80,7 @@ def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, load
     (Accelerate would save rank 0's alone: the engine's PipelineState saves every rank's)."""
     if cfg.train.pipeline == "processes":
         model.to(accelerator.device)
-        opt.accelerator = accelerator
+        optimization.accelerator = accelerator
         dp = data_replicas(cfg.train, accelerator.num_processes)
         if dp > 1:  # replica d reads what process d of a dp-process data-parallel run reads (no rng broadcast:
             # every rank seeds the shuffle alike each epoch)
@@ -90,9 +90,9 @@ def prepare_stages(cfg: Config, model: StagedClassifier, opt: Optimization, load
                 split_batches=accelerator.split_batches, put_on_device=True, rng_types=None,
                 even_batches=accelerator.even_batches)
         return list(model.stages)
-    stages = [accelerator.prepare(stage) if k in opt.optimizer_of else stage.to(accelerator.device)
+    stages = [accelerator.prepare(stage) if k in optimization.optimizer_of else stage.to(accelerator.device)
               for k, stage in enumerate(model.stages)]
-    opt.prepare(accelerator)
+    optimization.prepare(accelerator)
     loaders.train = accelerator.prepare(loaders.train)
     return stages
 

@@ -14,10 +14,10 @@ rank r+1 with ``isend``: a fixed-size header first (names, dtypes, shapes: they 
 batch), then the tensors. At most ``queue_size`` batches' sends are in flight per rank, which bounds how
 far a rank runs ahead of the next. No gradient crosses a rank: that is the decoupled cut.
 
-Values: a rank knows only its own stages' losses. At the end of a run (a chunk of batches) one
-all-reduce over the replica gives each of its ranks the replica's full rows, and only then are ``(batch,
-values)`` yielded: every update of the chunk is done on every rank by then (the all-reduce is the barrier),
-so the trainer checkpoints, evaluates and agrees on stopping between runs exactly as with the other engines.
+Stage losses: a rank knows only its own stages'. At the end of a run (a chunk of batches) one all-reduce
+over the replica gives each of its ranks the replica's full rows, and only then are ``(batch,
+stage_losses)`` yielded: every update of the chunk is done on every rank by then (the all-reduce is the
+barrier), so the trainer checkpoints, evaluates and agrees on stopping between runs exactly as with the other engines.
 
 Equality: a decoupled stage's update depends only on its input stream, which is the same batches in the
 same order as in the sequential engine (``method.backward=per_group``): with ``model.dropout=0`` the
@@ -175,7 +175,7 @@ class ProcessPipeline(Engine):
     """This rank's part of a process pipeline: trains stages ``owners[k] == position`` (see the module doc).
 
     ``owners``: each stage's pipeline rank (position within a replica); ``dp``: the replicas (the world
-    is ``dp * len(set(owners))`` ranks). ``update(k, loss)`` backpropagates stage k's local loss and
+    is ``dp * len(set(owners))`` ranks). ``backward_and_step(k, loss)`` backpropagates stage k's local loss and
     steps its optimizer, calling ``sync(k)`` (:meth:`ReplicaGroups.average` of its parameters) between the
     two; ``seed(step, k)`` seeds the generators before stage k's forward of that step; ``context`` (e.g.
     autocast) is entered around each forward."""
@@ -183,7 +183,7 @@ class ProcessPipeline(Engine):
     chunk = 64
 
     def __init__(self, stages: Sequence[nn.Module], owners: Sequence[int], device: torch.device,
-                 update: Callable[[int, Tensor], None], seed: Callable[[int, int], None], timeout_s: float = 300.0,
+                 backward_and_step: Callable[[int, Tensor], None], seed: Callable[[int, int], None], timeout_s: float = 300.0,
                  queue_size: int = 2, context: Callable[[], ContextManager] | None = None, dp: int = 1):
         self.stages, self.owners = list(stages), list(owners)
         self.rank, self.world = _rank_world()
@@ -200,7 +200,7 @@ class ProcessPipeline(Engine):
         self.link = Link(self.device, transport, timeout_s, queue_size)
         self.groups = ReplicaGroups(self.layout, transport, timeout_s, self.link.collective)
         self.groups.gather_in_stage_group(self.stages, ContrastiveHead)  # one replica: nothing to gather over
-        self.update, self.seed = update, seed
+        self.backward_and_step, self.seed = backward_and_step, seed
         self.context = context or contextlib.nullcontext
 
     def run(self, batches: Iterable[dict], limit: int | None = None, first_step: int = 0
@@ -219,8 +219,8 @@ class ProcessPipeline(Engine):
             table = table.to(self.link.transport)
             self.link.collective(dist.all_reduce(table, group=self.groups.replica, async_op=True),
                                  "sharing the stage losses")
-        for batch, values in zip(kept, table.cpu().tolist()):
-            yield batch, values
+        for batch, stage_losses in zip(kept, table.cpu().tolist()):
+            yield batch, stage_losses
 
     def _step(self, batch: dict, step: int) -> list[float]:
         labels = batch["labels"].to(self.device)
@@ -245,7 +245,7 @@ class ProcessPipeline(Engine):
             del out
             if finite:
                 with self.link.guard(f"stage {k}'s update"):
-                    self.update(k, loss)
+                    self.backward_and_step(k, loss)
             del loss
         return row
 
@@ -323,9 +323,9 @@ def _seeder(seed: int, replica: int = 0) -> Callable[[int, int], None]:
     return lambda step, k: torch.manual_seed(seed * 1_000_003 + step * 1009 + (k + 1) * 7919 + replica * 104_729)
 
 
-def build_process_pipeline(cfg, model, opt, accelerator) -> ProcessPipeline:
+def build_process_pipeline(cfg, model, optimization, accelerator) -> ProcessPipeline:
     """This rank's engine for ``train.pipeline=processes`` (``model``: the whole model, unwrapped, on
-    ``accelerator.device``; ``opt``: per-stage optimizers, unprepared)."""
+    ``accelerator.device``; ``optimization``: per-stage optimizers, unprepared)."""
     t = cfg.train
     world = _rank_world()[1]
     if accelerator.num_processes != world:  # torchrun on a CPU machine without train.cpu: every rank a "main"
@@ -336,17 +336,18 @@ def build_process_pipeline(cfg, model, opt, accelerator) -> ProcessPipeline:
     dp = data_replicas(t, world)  # world = dp replicas x pp pipeline ranks (see .replicas)
     owners = stage_owners(len(model.stages), world // dp, t.stages_per_rank)
 
-    def update(k: int, loss: Tensor) -> None:
-        if k not in opt.optimizer_of:  # a frozen stage has nothing to step
+    def backward_and_step(k: int, loss: Tensor) -> None:
+        if k not in optimization.optimizer_of:  # a frozen stage has nothing to step
             return
-        i = opt.optimizer_of[k]
+        i = optimization.optimizer_of[k]
         accelerator.backward(loss)
-        engine.sync(k, [p for group in opt.optimizers[i].param_groups for p in group["params"]])
-        opt.finish(i)
+        engine.sync(k, [p for group in optimization.optimizers[i].param_groups for p in group["params"]])
+        optimization.step(i)
 
-    engine = ProcessPipeline(model.stages, owners, accelerator.device, update,
+    engine = ProcessPipeline(model.stages, owners, accelerator.device, backward_and_step,
                              _seeder(t.seed, _rank_world()[0] // (world // dp)), t.timeout_s, t.queue_size,
                              accelerator.autocast, dp)
-    accelerator.register_for_checkpointing(PipelineState(model.stages, owners, opt.optimizers, opt.schedulers,
-                                                         opt.optimizer_of, world // dp))
+    accelerator.register_for_checkpointing(PipelineState(model.stages, owners, optimization.optimizers,
+                                                         optimization.schedulers, optimization.optimizer_of,
+                                                         world // dp))
     return engine

@@ -1,15 +1,5 @@
 """The default engine: every stage in turn, in this process (data parallel when several processes run).
-
-- ``bp``: one stage, one loss, one backward through everything;
-- decoupled, ``method.backward=per_group``: each stage backpropagates its local loss and steps its own
-  optimizer as soon as the loss exists, freeing that stage's graph before the next stage runs;
-- decoupled, ``method.backward=sum``: the local losses are summed into one backward (exactly the same
-  gradients, since no gradient crosses a cut) and one optimizer with a group per stage steps.
-
-A non-finite loss skips that stage's update (``sum``: the whole step) on *every* process: whether a loss is
-finite is agreed across ranks before any backward, since one rank skipping a DDP backward that the others
-run would pair their gradient all-reduces out of order.
-"""
+One training step reads top to bottom in :meth:`Sequential.step`."""
 from __future__ import annotations
 
 import itertools
@@ -17,7 +7,7 @@ import math
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..classifier import StagedClassifier
 from ..optim import Optimization
@@ -26,39 +16,49 @@ from .base import Engine
 
 class Sequential(Engine):
     """``stages``: the model's stages as they are trained (DDP-wrapped twins under several processes).
-    ``all_finite(flags)``: the flags AND-ed over every process (identity in one process)."""
+    ``agree(flags)``: a bool tensor AND-ed over every process, on the device (identity in one process).
+    ``per_group``: backpropagate each stage's local loss as soon as it exists (else their sum, once)."""
 
-    def __init__(self, model: StagedClassifier, stages: Sequence[nn.Module], opt: Optimization, per_group: bool,
-                 all_finite: Callable[[list[bool]], list[bool]], seed: Callable[[int], None]):
-        self.model, self.stages, self.opt, self.per_group = model, list(stages), opt, per_group
-        self.all_finite, self.seed = all_finite, seed
+    chunk = 32  # steps between two reads of the stage losses on the host (the trainer's only sync)
+
+    def __init__(self, model: StagedClassifier, stages: Sequence[nn.Module], optimization: Optimization,
+                 per_group: bool, agree: Callable[[Tensor], Tensor], seed: Callable[[int], None]):
+        self.model, self.stages, self.optimization, self.per_group = model, list(stages), optimization, per_group
+        self.agree, self.seed = agree, seed
 
     def run(self, batches: Iterable[dict], limit: int | None = None, first_step: int = 0
-            ) -> Iterator[tuple[dict, list[float]]]:
+            ) -> Iterator[tuple[dict, Tensor]]:
         for i, batch in enumerate(itertools.islice(batches, limit)):
             self.seed(first_step + i)
             yield batch, self.step(batch)
 
-    def step(self, batch: dict) -> list[float]:
-        """One batch through every stage; returns each stage's loss (nan where its update was skipped)."""
-        values, pending = [], []
-        stream = self.model.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                        stages=self.stages)
-        for k, out in enumerate(stream):
-            loss = out.loss
-            (finite,) = self.all_finite([bool(torch.isfinite(loss.detach()))]) if self.per_group else (True,)
-            value = float(loss.detach())
-            values.append(value if finite and math.isfinite(value) else math.nan)
-            if k not in self.opt.optimizer_of:  # nothing to train in this stage (e.g. a frozen embedding)
+    def step(self, batch: dict) -> Tensor:
+        """One optimizer step over every stage. Returns the stage losses as one tensor on the device, ``nan``
+        where that stage's update was skipped; nothing here waits for the device (no host read)."""
+        o = self.optimization
+        losses, summed = [], []
+        outputs = self.model.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                         stages=self.stages)
+        for k, out in enumerate(outputs):
+            losses.append(out.loss.detach())
+            if k not in o.optimizer_of:  # nothing to train in this stage (e.g. a frozen embedding)
                 continue
-            if self.per_group:
-                if finite:
-                    self.opt.update(self.opt.optimizer_of[k], loss)
+            if self.per_group:  # frees stage k's graph before stage k+1 runs; no gradient crosses the cut
+                o.accelerator.backward(out.loss)
             else:
-                pending.append(loss)
-        if pending:  # summed: one backward after every stage's forward; a non-finite loss skips the whole step
-            agreed = self.all_finite([math.isfinite(v) for v in values])
-            values = [v if ok else math.nan for v, ok in zip(values, agreed)]
-            if all(agreed):
-                self.opt.update(0, sum(pending))
-        return values
+                summed.append(out.loss)
+        if summed:
+            o.accelerator.backward(sum(summed))
+        losses = torch.stack(losses)
+        # one fused finiteness check, agreed over processes (every rank ran the same backwards: a non-finite
+        # loss only makes that stage's gradient non-finite, and the kernel skips it on every rank alike)
+        finite = self.agree(torch.isfinite(losses))
+        skip = ~finite if self.per_group else (~finite).any().expand_as(finite)  # summed: the whole step
+        o.clip_per_stage(0)
+        if o.accelerator.scaler is None:  # the fused kernel skips the flagged stages (found_inf)
+            getattr(o.optimizers[0], "optimizer", o.optimizers[0]).step(skip=skip)  # the AdamW Accelerate wraps
+        else:  # fp16 (summed backward only): the GradScaler skips a step whose gradients are not finite
+            o.optimizers[0].step()
+        o.schedulers[0].step()  # the learning rate follows the step count, skipped updates included
+        o.optimizers[0].zero_grad(set_to_none=True)
+        return losses.masked_fill(~finite, math.nan)

@@ -10,7 +10,7 @@ exactly as the sequential engine does with ``method.backward=per_group``: the fi
 Hand-off: between workers sits a bounded queue (``queue_size``), so a fast stage runs at most
 ``queue_size + 1`` batches ahead of the next and memory stays bounded. Stage k: forward -> local loss ->
 hand the detached carry and the labels, already copied to stage k+1's device, to the queue ->
-``update(k, loss)`` (backward, clipping, optimizer and scheduler step, in the stage's thread). Handing on
+``backward_and_step(k, loss)`` (backward, clipping, optimizer and scheduler step, in the stage's thread). Handing on
 *before* the backward lets stage k+1 start as early as possible; the carry was detached, so stage k's
 step cannot touch it. The end-of-run sentinel travels behind every batch, and each worker passes it on
 only after its own last update: when ``run`` is exhausted, no worker touches weights (a checkpoint is
@@ -47,7 +47,7 @@ class ThreadedPipeline(Engine):
     stages (``workers``, e.g. from :func:`~.placement.assign_workers`; a worker runs its stages one after
     the other).
 
-    ``update(k, loss)`` backpropagates stage k's local loss and steps stage k's own optimizer and
+    ``backward_and_step(k, loss)`` backpropagates stage k's local loss and steps stage k's own optimizer and
     scheduler; it runs in stage k's thread (under its CUDA stream), once per finite loss, in batch order.
     ``context`` (e.g. ``accelerator.autocast``) is entered around each stage's forward: autocast state is
     per thread. Each ``run`` starts fresh threads; leaving it early stops them after their current batch
@@ -56,7 +56,7 @@ class ThreadedPipeline(Engine):
     chunk = 64
 
     def __init__(self, stages: Sequence[nn.Module], devices: Sequence[torch.device | str],
-                 update: Callable[[int, Tensor], None], decoupled: bool = True, queue_size: int = 2,
+                 backward_and_step: Callable[[int, Tensor], None], decoupled: bool = True, queue_size: int = 2,
                  threads_per_stage: int | Sequence[int | None] | None = None, move_stages: bool = True,
                  context: Callable[[], ContextManager] | None = None, join_timeout_s: float = 60.0,
                  workers: Sequence[Sequence[int]] | None = None):
@@ -76,7 +76,7 @@ class ThreadedPipeline(Engine):
             raise ValueError("queue_size must be >= 1")
         self.stages = list(stages)
         self.devices = [torch.device(d) for d in devices]
-        self.update, self.decoupled, self.queue_size = update, decoupled, queue_size
+        self.backward_and_step, self.decoupled, self.queue_size = backward_and_step, decoupled, queue_size
         self.join_timeout_s = join_timeout_s
         if move_stages:
             for stage, device in zip(self.stages, self.devices):
@@ -103,18 +103,18 @@ class ThreadedPipeline(Engine):
         if self._active is not None:
             raise RuntimeError("ThreadedPipeline.run: a run is already in progress")
         run = WorkerRun(self.devices, len(self.workers), self.queue_size, self.join_timeout_s)
-        fed: collections.deque = collections.deque()  # the batches in flight, yielded beside their values
+        fed: collections.deque = collections.deque()  # the batches in flight, yielded beside their stage losses
         self._active = run
         try:
             run.start([("pipeline-input", -1, lambda current: self._feed(run, batches, limit, fed))]
                       + [(f"pipeline-worker{w}", self.workers[w][0], lambda current, w=w: self._loop(run, w, current))
                          for w in range(len(self.workers))], [None] + self.threads)
             while True:
-                values = run.get(run.out, worker=False)
-                if values is END:  # every worker passed it on after its last update: they are ending
+                stage_losses = run.get(run.out, worker=False)
+                if stage_losses is END:  # every worker passed it on after its last update: they are ending
                     run.join()
                     break
-                yield fed.popleft(), values
+                yield fed.popleft(), stage_losses
         except Stopped:  # a failure: raised below
             pass
         finally:
@@ -152,7 +152,7 @@ class ThreadedPipeline(Engine):
                     run.put(outbox, END)
                     return
                 receive(item, self.streams[w])
-                carry, labels, values = item.carry, item.labels, item.values
+                carry, labels, stage_losses = item.carry, item.labels, item.stage_losses
                 del item
                 for k in stages:
                     current[0] = k
@@ -164,19 +164,19 @@ class ThreadedPipeline(Engine):
                                            "in every stage)")
                     value = float(loss.detach())
                     finite = math.isfinite(value)
-                    values = values + [value if finite else math.nan]
+                    stage_losses = stage_losses + [value if finite else math.nan]
                     if k < len(self.stages) - 1:  # hand on first, so the next stage starts while this one updates
                         nxt = out.carry.detach() if self.decoupled else out.carry
                         if k == stages[-1]:
                             item = handoff(nxt, labels, self.devices[k + 1])
-                            item.values = values
+                            item.stage_losses = stage_losses
                             run.put(outbox, item)
                             del item
                         else:  # the worker's own next stage, on the same device
                             carry = nxt
                     del out
                     if finite:
-                        self.update(k, loss)
+                        self.backward_and_step(k, loss)
                     del loss
                 if last_worker:
-                    run.put(outbox, values)
+                    run.put(outbox, stage_losses)

@@ -46,7 +46,7 @@ class Item:
     """One batch (or micro-batch) on its way to the next worker."""
     carry: Carry
     labels: Tensor | None
-    values: list[float]  # loss values of the stages already done
+    stage_losses: list[float]  # the losses of the stages already done
     event: object | None = None  # torch.cuda.Event recorded after the copy to the receiving device
 
 

@@ -69,7 +69,7 @@ class SupConLoss(nn.Module):
         summed = log_prob.masked_fill(~positives, 0.0).sum(1)
         if self.divisor == "positives_plus_one":
             return -(summed / (num_pos + 1)).mean()
-        has_pos = num_pos > 0
-        if not bool(has_pos.any()):
-            return z.sum() * 0.0
-        return -(summed[has_pos] / num_pos[has_pos]).mean()
+        # the mean over anchors with a positive, without asking the host which they are (no device sync):
+        # an anchor without one adds 0 to the sum; none at all gives 0, still attached to the graph
+        anchors = (num_pos > 0).sum().clamp(min=1)
+        return -(summed / num_pos.clamp(min=1)).sum() / anchors

@@ -40,6 +40,7 @@ def provenance(study, out: Path) -> dict | None:
         "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
         "best_trial": best.number, "best_value": best.value, "objective": OBJECTIVE,
         "tuning_seeds": settings["seeds"], "params": best.params, "space": settings["space"],
+        "code": settings.get("code"),
         "dates": [dates[0].isoformat(timespec="seconds"), dates[-1].isoformat(timespec="seconds")],
     }
 

@@ -23,15 +23,16 @@ from ..registry import METHODS
 
 GRAMMAR = "log:LOW:HIGH, float:LOW:HIGH[:log], int:LOW:HIGH[:log], choice:A,B,... or off"
 
-# every method: the learning rate (the one setting no method can do without) and dropout
-_COMMON = {"train.lr": "log:1e-4:1e-2", "model.dropout": "float:0.0:0.3"}
-_PROJECTIONS = "choice:identity,linear,mlp,mlp_bn"
+# Three searched keys per method: the learning rate over one range for all (wide enough that no method's pick
+# sits at its edge) and weight decay, then one setting of the method's own; BP and Early Exit have none and
+# search dropout, which the others keep at the recipe's value. Equal dimensions keep equal budgets comparable.
+_COMMON = {"train.lr": "log:1e-4:3e-2", "train.weight_decay": "float:0.0:0.1"}
 DEFAULT_SPACES: dict[str, dict[str, str]] = {
-    "bp": dict(_COMMON),
-    "scpl": {**_COMMON, "method.temperature": "log:0.03:0.5", "method.projection": _PROJECTIONS},
-    "early_exit": dict(_COMMON),
-    "deinforeg": {**_COMMON, "method.projection": _PROJECTIONS, "method.ce_weight": "log:1e-4:1e-1"},
-    "al": {**_COMMON, "method.label_dim": "choice:64,128,256", "method.al_activation": "choice:tanh,relu"},
+    "bp": {**_COMMON, "model.dropout": "float:0.0:0.3"},
+    "scpl": {**_COMMON, "method.temperature": "log:0.03:0.5"},
+    "early_exit": {**_COMMON, "model.dropout": "float:0.0:0.3"},
+    "deinforeg": {**_COMMON, "method.ce_weight": "log:1e-4:1e-1"},
+    "al": {**_COMMON, "method.label_dim": "choice:64,128,256"},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SWEEP_METHODS, SWEEP_OVERRIDES, SWEEP_SEEDS, run_sweep
-from nlp_decouple.cli.compare import parse_args, plan, record_source, split_sweep
+from nlp_decouple.cli.compare import main, parse_args, plan, record_source, split_sweep
 from nlp_decouple.errors import UserError
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
@@ -106,3 +106,40 @@ def test_a_tuned_recipes_provenance_goes_into_each_run(tmp_path):
         source = json.loads((run.run_dir / "source_recipe.json").read_text())
         assert source == {"recipe": str(recipe), "overrides": SWEEP_OVERRIDES, "tune_provenance": provenance}
     assert plan(str(recipe), ["scpl"], [0, 1], SWEEP_OVERRIDES, tmp_path / "sweep")[0].state == "new"
+
+
+@pytest.mark.parametrize("change, reason", [("code", "by other code"), ("data", "on other data"),
+                                            ("unrecorded", "by other code (not recorded")])
+def test_a_run_made_by_other_code_or_data_is_refused_in_one_line_unless_asked(tiny_sweep, tmp_path, capsys, change,
+                                                                             reason):
+    out = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep / "bp-seed0", out / "bp-seed0")
+    path = out / "bp-seed0" / "results.json"
+    results = json.loads(path.read_text())
+    if change == "code":
+        results["code_version"]["id"] = "git:0123456789abcdef"
+    elif change == "data":
+        results["data_fingerprint"] = "0123456789abcdef"
+    else:  # made before runs recorded their versions
+        del results["code_version"], results["data_fingerprint"]
+    path.write_text(json.dumps(results))
+    capsys.readouterr()
+    assert main([RECIPE, "methods=bp", "seeds=0", *SWEEP_OVERRIDES, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"bp-seed0 was made {reason}" in err and "--reuse-other-versions" in err
+    assert plan(RECIPE, ["bp"], [0], SWEEP_OVERRIDES, out, other_versions=True)[0].state == "done"
+
+
+def test_an_interrupted_run_of_other_code_is_refused_or_resumed_with_the_override(tiny_sweep, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep / "al-seed1", out / "al-seed1")
+    (out / "al-seed1" / "results.json").unlink()
+    assert plan(RECIPE, ["al"], [1], SWEEP_OVERRIDES, out)[0].state == "resume"  # the same code: resumed as is
+    newest = sorted((out / "al-seed1" / "checkpoints").glob("step_*"))[-1] / "trainer_state.json"
+    state = json.loads(newest.read_text())
+    state["identity"]["code"] = "git:0123456789abcdef"
+    newest.write_text(json.dumps(state))
+    with pytest.raises(UserError, match="al-seed1 was made by other code"):
+        plan(RECIPE, ["al"], [1], SWEEP_OVERRIDES, out)
+    run = plan(RECIPE, ["al"], [1], SWEEP_OVERRIDES, out, other_versions=True)[0]
+    assert run.state == "resume" and "train.resume_other_versions=true" in run.overrides

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 
 import optuna
 import pytest
@@ -17,8 +18,8 @@ from conftest import REPO
 from nlp_decouple.cli.tune import main
 from nlp_decouple.config import load_config
 from nlp_decouple.tuning.recipe import read_provenance
-from nlp_decouple.tuning.space import build_spaces, parse_dim
-from nlp_decouple.tuning.study import MethodStudy, open_study, run_study, storage_url
+from nlp_decouple.tuning.space import DEFAULT_SPACES, build_spaces, parse_dim
+from nlp_decouple.tuning.study import MethodStudy, open_study, run_study, sampler_seed, storage_url
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
 TINY = ["train.epochs=2", "data.synthetic_train_size=200", "data.synthetic_test_size=50", "model.hidden_size=16",
@@ -39,9 +40,8 @@ def test_tune_writes_studies_and_recipes_of_the_best_trials_without_touching_tes
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
         best = study.best_trial
         assert best.value == max(t.value for t in study.trials)
-        assert set(best.params) >= {"train.lr", "model.dropout"}
-        if method == "scpl":
-            assert {"method.temperature", "method.projection"} <= set(best.params)
+        assert set(best.params) == {"train.lr", "train.weight_decay",
+                                    "method.temperature" if method == "scpl" else "model.dropout"}
         recipe = out / f"{method}.yaml"
         cfg = load_config(recipe)  # loadable by train / compare
         assert all(config_value(cfg, k) == v for k, v in best.params.items())
@@ -49,6 +49,7 @@ def test_tune_writes_studies_and_recipes_of_the_best_trials_without_touching_tes
         prov = read_provenance(recipe)
         assert (prov["best_trial"], prov["best_value"], prov["budget"], prov["finished"]) == (best.number, best.value, 2, 2)
         assert prov["tuning_seeds"] == [100] and prov["storage"] == storage_url(out)
+        assert prov["code"] == study.user_attrs["settings"]["code"]
         # the study is the one source: the recipe is rewritten from it identically
         text = recipe.read_text()
         recipe.unlink()
@@ -101,13 +102,29 @@ def test_the_mean_over_tuning_seeds_is_the_objective_and_each_seed_reports_its_e
     assert trial.value == pytest.approx(sum(best) / 2)
 
 
+def test_every_method_searches_three_keys_with_the_same_learning_rate_range():
+    spaces = build_spaces(list(DEFAULT_SPACES), [], set())
+    assert {len(space) for space in spaces.values()} == {3}
+    assert {space["train.lr"].spec() for space in spaces.values()} == {"log:0.0001:0.03"}
+    assert all("train.weight_decay" in space for space in spaces.values())
+
+
+def test_samplers_draw_a_stream_per_method_the_same_on_every_machine():
+    seeds = {m: sampler_seed(m, 100, 0) for m in DEFAULT_SPACES}
+    assert len(set(seeds.values())) == len(seeds)
+    assert seeds["bp"] == (zlib.crc32(b"bp") + 100 * 7919) % 2**32  # not Python's per-process hash()
+    assert sampler_seed("bp", 100, 3) == seeds["bp"] + 3 and sampler_seed("bp", 101, 0) != seeds["bp"]
+
+
 def test_space_defaults_scopes_and_fixed_keys():
     spaces = build_spaces(["bp", "scpl"], [("model.dropout", "off"), ("train.batch_size", "int:32:256:log"),
                                            ("scpl.method.temperature", "float:0.05:0.5")], fixed={"method.projection"})
-    assert set(spaces["bp"]) == {"train.lr", "train.batch_size"}
-    assert set(spaces["scpl"]) == {"train.lr", "train.batch_size", "method.temperature"}  # projection fixed
+    assert set(spaces["bp"]) == {"train.lr", "train.weight_decay", "train.batch_size"}  # dropout off
+    assert set(spaces["scpl"]) == {"train.lr", "train.weight_decay", "train.batch_size", "method.temperature"}
     assert spaces["scpl"]["method.temperature"].spec() == "float:0.05:0.5"
-    assert spaces["bp"]["train.lr"].spec() == "log:0.0001:0.01" and spaces["bp"]["train.batch_size"].log
+    assert spaces["bp"]["train.lr"].spec() == "log:0.0001:0.03" and spaces["bp"]["train.batch_size"].log
+    fixed = build_spaces(["scpl"], [], fixed={"method.temperature"})["scpl"]
+    assert set(fixed) == {"train.lr", "train.weight_decay"}
     assert parse_dim("method.projection", "choice:mlp,mlp_bn").choices == ("mlp", "mlp_bn")
     assert parse_dim("train.lr", "choice:1e-3,3e-3").choices == (1e-3, 3e-3)  # numbers, not YAML 1.1 text
 
@@ -124,7 +141,7 @@ def test_space_defaults_scopes_and_fixed_keys():
     (["train.lr=1e-3", "space.train.lr=log:1e-4:1e-2"], "both fixed"),
     (["space.train.mixed_precision=choice:no,bf16"], "fix it for every trial with train.mixed_precision=..."),
     (["space.al.method.label_dim=choice:64,128"], "al is not among methods"),
-    (["space.train.lr=off", "space.model.dropout=off"], "nothing left to tune for bp"),
+    (["space.train.lr=off", "space.train.weight_decay=off", "space.model.dropout=off"], "nothing left to tune for bp"),
     (["seeds=0,100"], "reporting seeds"),
     (["methods=bp,sgd"], "distinct names"),
     (["eval.test=true"], "set by tune"),
@@ -178,3 +195,17 @@ def test_tune_resumes_after_sigkill(tmp_path, one_thread):
     prov = read_provenance(out / "bp.yaml")
     assert (prov["finished"], prov["failed"]) == (2, 1)
     assert load_config(out / "bp.yaml").train.lr == study.best_trial.params["train.lr"]
+
+
+def test_a_study_whose_trials_ran_other_code_is_refused_unless_asked(tmp_path, monkeypatch):
+    from nlp_decouple.cli import tune
+
+    study = optuna.create_study(study_name="bp", direction="maximize")
+    base, space = load_config(RECIPE, TINY).to_dict(), build_spaces(["bp"], [], set())["bp"]
+    tune.claim(study, RECIPE, base, space, [100], 2)
+    assert study.user_attrs["settings"]["code"] == tune.code_version()["id"]
+    tune.claim(study, RECIPE, base, space, [100], 3)  # the same code: the study goes on
+    monkeypatch.setattr(tune, "code_version", lambda: {"id": "git:0123456789abcdef"})
+    with pytest.raises(tune.UserError, match="ran its trials with other code .*--reuse-other-versions"):
+        tune.claim(study, RECIPE, base, space, [100], 3)
+    tune.claim(study, RECIPE, base, space, [100], 3, other_versions=True)

@@ -82,6 +82,10 @@ def nan_on_the_last_rank(out: Path) -> None:
 def same(a: dict, b: dict, what: str) -> None:
     assert a["steps"] == b["steps"] and a["test_accuracy"] == b["test_accuracy"], (what, a["steps"], b["steps"])
     for key in a["weights"]:
+        if key.endswith((".norm.running_mean", ".norm.running_var")):  # a classifier's Standardizer: statistics
+            # of features evaluated data parallel, in other batch shapes than in one process (float rounding)
+            torch.testing.assert_close(a["weights"][key], b["weights"][key], rtol=1e-5, atol=1e-9, msg=what)
+            continue
         assert torch.equal(a["weights"][key], b["weights"][key]), f"{what}: {key} differs"
 
 

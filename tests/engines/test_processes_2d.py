@@ -91,6 +91,8 @@ def test_a_peer_lost_inside_a_stage_collective_ends_the_rank_with_one_line():
 # ---- the launched side (a fresh interpreter) ----
 
 def fit(out: Path, name: str, *extra: str) -> dict:
+    import torch
+
     from nlp_decouple.config import load_config
     from nlp_decouple.trainer import Trainer
 
@@ -99,15 +101,16 @@ def fit(out: Path, name: str, *extra: str) -> dict:
         engine, batches = trainer.engine, math.ceil(len(trainer.loaders.train.dataset) / 8)
         assert (engine.layout.dp, engine.layout.pp, engine.world) == (2, 2, 4), engine.layout
         assert len(trainer.loaders.train) == math.ceil(batches / 2), (len(trainer.loaders.train), batches)
-    record, seen = trainer._record_step, []
+    record, losses, samples = trainer._record_losses, [], []
 
-    def recording(state, batch, values):  # rank 0's view: its (replica's) losses, the samples over every rank
-        record(state, batch, values)
-        seen.append((state.step, state.samples, values))
-    trainer._record_step = recording
+    def recording(state, chunk_losses, bar):  # rank 0's view: its (replica's) losses per step
+        record(state, chunk_losses, bar)
+        losses.extend(torch.as_tensor(r).tolist() for r in chunk_losses)
+        samples.append((state.step, state.samples))  # the samples over every rank, at the chunk's end
+    trainer._record_losses = recording
     trainer.fit()
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return {"weights": weights, "steps": seen}
+    return {"weights": weights, "steps": (losses, samples)}
 
 
 def launched(out: Path, runs: list[tuple[str, ...]]) -> None:

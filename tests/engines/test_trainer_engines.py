@@ -67,17 +67,17 @@ def test_a_checkpoint_waits_for_a_slow_stage_update(tmp_path):
               "eval.every_group=false"]
     cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "run_name=full", *common])
     trainer = Trainer(cfg)
-    update = trainer.opt.update
+    update = trainer.optimization.backward_and_step
 
     def slow_stage0(index, loss):
         if index == 0:
-            trainer.opt.accelerator.backward(loss)
+            trainer.optimization.accelerator.backward(loss)
             time.sleep(0.3)  # the next stages finish the chunk meanwhile
-            trainer.opt.finish(index)
+            trainer.optimization.step(index)
             return
         update(index, loss)
 
-    trainer.opt.update = slow_stage0
+    trainer.optimization.backward_and_step = slow_stage0
     trainer.fit()
     full = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     resumed_dir = tmp_path / "resumed" / "checkpoints"

@@ -279,7 +279,7 @@ def test_freezing_the_embeddings_freezes_the_whole_hub_embedding_module(hub):
             "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight"} <= set(frozen)
     assert not any(p.requires_grad for p in frozen.values())
     assert all(p.requires_grad for g in model.groups()[1:] for p in g.parameters())
-    opt = build_optimization(list(model.stages), TrainConfig(), per_group=True, updates_per_epoch=4)
+    opt = build_optimization(list(model.stages), TrainConfig(), per_stage=True, updates_per_epoch=4)
     assert 0 not in opt.optimizer_of and sorted(opt.optimizer_of) == [1, 2, 3]  # identity SupCon: nothing to train
 
 
