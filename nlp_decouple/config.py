@@ -1,141 +1,224 @@
-"""Typed run configuration: dataclasses, YAML recipes and ``key=value`` overrides.
+"""Typed run configuration: pydantic models, YAML recipes and ``key=value`` overrides.
 
-Every value is checked at start-up; a bad one raises :class:`UserError` naming the key and the fix.
+Each field declares its type and limits; a rule tying fields together sits on the section that owns them
+(on Config when it spans sections). Any bad value raises :class:`UserError`: one line naming the dotted key,
+the value and the fix. A field's ``description`` is the hint that line ends with ("null: ..." says what
+null means).
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                      PositiveInt, Strict, ValidationError, model_validator)
 
-from .errors import UserError
-from .registry import DATASETS, METHODS, known_names
+from .errors import UserError, one_line
+from .registry import METHODS, known_names
 
 
-@dataclass
-class DataConfig:
-    name: str = "synthetic"  # registry name (see nlp_decouple.registry) or "custom"
-    path: str | None = None  # local copy: Hub-layout folder, save_to_disk folder, or CSV/JSON/parquet file(s)
-    test_path: str | None = None  # optional separate test file when `path` is a single file
-    text_fields: list[str] | None = None  # columns joined with a space; default from the registry
-    label_field: str | None = None
+class _Yaml(yaml.SafeLoader):
+    """YAML 1.1 plus 1.2's floats: PyYAML reads ``1e-3`` (no dot, no exponent sign) as a string."""
+
+
+# an own copy of the table: add_implicit_resolver would otherwise append to SafeLoader's lists
+_Yaml.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                            list("-+.0123456789"))
+
+
+def _yaml_scalar(text: str) -> Any:
+    """A command-line value read as YAML (numbers, null, true, [a, b]), else kept as the plain string."""
+    try:
+        return yaml.load(text, Loader=_Yaml)
+    except yaml.YAMLError:
+        return text
+
+
+def _split_commas(value: Any) -> Any:
+    return [_yaml_scalar(v) for v in value.split(",")] if isinstance(value, str) and value.strip() else value
+
+
+Commas = BeforeValidator(_split_commas)  # a list field given key=a,b (or key=a) on the command line
+Text = Annotated[str, Strict(False)]  # a number where text is expected is kept as text, e.g. run_name=2024
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)  # pydantic lets it through untouched
+
+
+class _Section(BaseModel):
+    # strict: no silent casts (2.5 is no int, 1 is no bool); mutable: later code fills in what it learns
+    model_config = ConfigDict(extra="forbid", strict=True, coerce_numbers_to_str=True)
+
+
+class DataConfig(_Section):
+    name: Text = "synthetic"  # registry name (see nlp_decouple.registry) or "custom"
+    path: Text | None = None  # local copy: Hub-layout folder, save_to_disk folder, or CSV/JSON/parquet file(s)
+    test_path: Text | None = None  # optional separate test file when `path` is a single file
+    text_fields: Annotated[list[Text] | None, Commas] = None  # columns joined with a space; default from the registry
+    label_field: Text | None = None
     label_offset: int = 0  # added to integer labels, e.g. -1 for the classic 1-based AG News CSV
-    max_length: int | None = None  # tokens; default from the registry
-    val_fraction: float = 0.1  # carved from train, stratified, when the source has no validation split
-    test_fraction: float = 0.2  # only used when the source has no test split
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    label_noise: float = 0.0  # fraction of training labels replaced by another class
-    synthetic_train_size: int = 4000
-    synthetic_test_size: int = 1000
-    num_workers: int = 0
+    max_length: PositiveInt | None = Field(None, description="tokens; null: from the registry")
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # carved from train, stratified, when the source has no validation split
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # only used when the source has no test split
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt | None = None
+    label_noise: float = Field(0.0, ge=0, lt=1)  # fraction of training labels replaced by another class
+    synthetic_train_size: int = Field(4000, ge=20)
+    synthetic_test_size: int = Field(1000, ge=10)
+    num_workers: NonNegativeInt = 0
     # training batches: random, or groups of samples_per_class texts of one class (nlp_decouple.data.sampling):
     # grouped keeps class frequencies and shows each text once an epoch; class_balanced draws classes uniformly
     sampler: Literal["random", "grouped", "class_balanced"] = "random"
     samples_per_class: int = 4
 
+    @model_validator(mode="after")
+    def _rules(self) -> DataConfig:
+        close = difflib.get_close_matches(self.name, known_names(), n=1)
+        _check(self.name in known_names(), f"data.name: unknown dataset {self.name!r}" + (f" (did you mean "
+               f"{close[0]!r}?)" if close else "") + f"; use one of {', '.join(known_names())}")
+        _check(not (self.name == "custom" and self.path is None), "data.name=custom needs data.path=<folder or file>")
+        _check(self.sampler == "random" or self.samples_per_class >= 2, f"data.samples_per_class: "
+               f"{self.samples_per_class} must be >= 2 (a text needs another of its class in the batch)")
+        return self
 
-@dataclass
-class TokenizerConfig:
-    name: str | None = None  # Hub id or local directory, loaded with AutoTokenizer
+
+class TokenizerConfig(_Section):
+    name: Text | None = None  # Hub id or local directory, loaded with AutoTokenizer
     train: Literal["wordpiece", "word"] | None = None  # or train one on the training split
-    vocab_size: int = 30000
-    min_frequency: int = 1
+    vocab_size: int = Field(30000, ge=100)
+    min_frequency: PositiveInt = 1
     lowercase: bool = True
     trust_remote_code: bool = False
 
+    @model_validator(mode="after")
+    def _rules(self) -> TokenizerConfig:
+        _check(not (self.name and self.train), f"tokenizer.name={self.name!r} and tokenizer.train={self.train!r} "
+               "exclude each other: set one of them to null")
+        return self
 
-@dataclass
-class ModelConfig:
+
+class ModelConfig(_Section):
     encoder: Literal["transformer", "lstm", "pretrained"] = "transformer"
     # encoder blocks after the embedding block; null: 3 (transformer, lstm) or every layer of `pretrained`
-    num_layers: int | None = None
-    pretrained: str | None = None  # encoder=pretrained: Hub id or local directory (BERT layout, DistilBERT, DeBERTa-v2/v3, MPNet, ModernBERT)
-    hidden_size: int = 300  # Transformer d_model / LSTM units per direction
-    embed_dim: int | None = None  # default: hidden_size
-    num_heads: int = 6
-    ffn_size: int = 300
-    dropout: float = 0.1
+    num_layers: PositiveInt | None = None
+    pretrained: Text | None = None  # encoder=pretrained: Hub id or local directory (BERT layout, DistilBERT, DeBERTa-v2/v3, MPNet, ModernBERT)
+    hidden_size: PositiveInt = 300  # Transformer d_model / LSTM units per direction
+    embed_dim: PositiveInt | None = Field(None, description="null: model.hidden_size")
+    num_heads: PositiveInt = 6
+    ffn_size: PositiveInt = 300
+    dropout: float = Field(0.1, ge=0, lt=1)
     positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
     norm: Literal["pre", "post"] = "post"
     pooling: Literal["mean", "cls"] = "mean"  # Transformer blocks
     lstm_pooling: Literal["last", "mean"] = "last"
     lstm_state_handoff: bool = False  # reference SCPL: an LSTM block starts from the previous final (h, c)
-    groups: int | list[int] | None = None  # layer groups over the num_layers + 1 blocks; None = one block each
-    word_vectors: str | None = None  # GloVe-format text file
+    # layer groups over the num_layers + 1 blocks: k near-equal groups, or their sizes; null: one block each
+    groups: Annotated[int | list[int] | None, Commas] = None
+    word_vectors: Text | None = None  # GloVe-format text file
     freeze_embeddings: bool = False  # pretrained: the whole Hub embedding module
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _rules(self) -> ModelConfig:
         if self.num_layers is None and self.encoder != "pretrained":
             self.num_layers = 3  # a pretrained model's count is known once it is loaded (models.pretrained)
+        if self.encoder == "transformer":
+            _check(self.hidden_size % self.num_heads == 0,
+                   f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}")
+            _check((self.embed_dim or self.hidden_size) == self.hidden_size, f"model.embed_dim={self.embed_dim} "
+                   f"must equal model.hidden_size={self.hidden_size} for the Transformer")
+        if self.encoder == "pretrained":
+            _check(bool(self.pretrained), "model.encoder=pretrained needs model.pretrained=<Hub id or local "
+                   "directory>, e.g. model.pretrained=sentence-transformers/all-MiniLM-L6-v2")
+            _check(self.word_vectors is None, "model.word_vectors: a pretrained encoder brings its own "
+                   "embeddings; unset model.word_vectors")
+        else:
+            _check(self.pretrained is None, f"model.pretrained={self.pretrained!r} is read only by "
+                   "model.encoder=pretrained: set model.encoder=pretrained or model.pretrained=null")
+        check_groups(self)
+        return self
 
 
-@dataclass
-class MethodConfig:
+class MethodConfig(_Section):
     name: Literal[tuple(METHODS)] = "bp"  # see nlp_decouple.registry
     backward: Literal["per_group", "sum"] = "per_group"  # decoupled methods only
-    temperature: float = 0.1
+    temperature: float = Field(0.1, gt=0)
     learn_temperature: bool = False  # SCPL: tau a trained parameter per group, starting at `temperature`
     projection: Literal["identity", "linear", "mlp", "mlp_bn"] = "identity"
-    projection_dim: int | None = None  # default: the group's pooled size
+    projection_dim: PositiveInt | None = Field(None, description="null: the group's pooled size")
     supcon_divisor: Literal["positives", "positives_plus_one"] = "positives"
-    supcon_queue: int = 0  # SCPL: past features (and labels) kept as extra positives/negatives; 0 = off
+    # SCPL: past features (and labels) kept as extra positives/negatives
+    supcon_queue: NonNegativeInt = Field(0, description="0 turns the memory off")
     supcon_prototypes: bool = False  # SCPL: a learnable centre per class joins each group's contrast set
-    ce_weight: float = 0.001  # DeInfoReg's classifier weight
-    inforeg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    ce_weight: NonNegativeFloat = 0.001  # DeInfoReg's classifier weight
+    inforeg_weights: Annotated[list[NonNegativeFloat], Commas] = Field(
+        [1.0, 1.0, 1.0], min_length=3, max_length=3, description="DeInfoReg's invariance, variance, covariance")
     classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads
     classifier_detach: bool = False  # DeInfoReg: detach the projector output before its classifier
-    label_dim: int = 128  # AL
+    label_dim: PositiveInt = 128  # AL
     al_activation: Literal["tanh", "relu", "sigmoid"] = "tanh"
     al_detach_target: bool = False  # AL: bridge target t.detach() (later code); default ICLR form
     al_assoc_weight: float = 1.0
     al_ae_weight: float = 1.0
     gather_features: bool | None = None  # SupCon over every process's batch; None: on when several processes
 
+    @model_validator(mode="after")
+    def _rules(self) -> MethodConfig:
+        _check(self.projection != "identity" or self.projection_dim is None, "method.projection=identity keeps "
+               "the pooled size: unset method.projection_dim or use method.projection=linear|mlp|mlp_bn")
+        return self
 
-@dataclass
-class TrainConfig:
-    epochs: int = 3  # the cap when early_stopping_patience is set
-    early_stopping_patience: int | None = None  # stop after this many epochs without a validation gain; null: off
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    head_lr: float | None = None  # heads (projections, classifiers, AL's label side); null: train.lr
-    weight_decay: float = 0.0  # never on biases and normalisation weights (see nlp_decouple.optim)
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 3  # the cap when early_stopping_patience is set
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="epochs without a validation gain before stopping; null: off")
+    batch_size: int = Field(128, ge=2, description="contrastive losses need pairs")
+    eval_batch_size: PositiveInt = 256
+    lr: float = Field(1e-3, gt=0, description="e.g. train.lr=1e-3")
+    head_lr: PositiveFloat | None = Field(  # heads: projections, classifiers, AL's label side
+        None, description="null: train.lr")
+    weight_decay: NonNegativeFloat = 0.0  # never on biases and normalisation weights (see nlp_decouple.optim)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_ratio: float = 0.0
-    grad_clip: float | None = None
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    grad_clip: PositiveFloat | None = None
     seed: int = 0
-    max_steps: int | None = None
+    max_steps: PositiveInt | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    log_with: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
-    num_processes: int | None = None  # refuse to run when the launched world size differs
+    log_with: Annotated[list[Text], Commas] = []  # Accelerate trackers, e.g. [tensorboard]
+    num_processes: PositiveInt | None = None  # refuse to run when the launched world size differs
     cpu: bool = False
     deterministic: bool = False
-    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    max_nonfinite: PositiveInt = 5  # stop after this many non-finite losses in a row
     progress: bool = True
     # layer groups as pipeline stages: false | true = threads (a worker thread and device each, one process) |
     # processes (a contiguous block of stages per rank of accelerate launch / torchrun; decoupled methods) |
     # torch_gpipe, torch_1f1b (bp over the same ranks on torch.distributed.pipelining's schedules)
     pipeline: bool | Literal["threads", "processes", "torch_gpipe", "torch_1f1b"] = False
-    stages_per_rank: list[int] | None = None  # pipeline=processes: stages of rank 0, 1, ...; null: balanced
-    timeout_s: float = 600.0  # seconds a wait on another process may last before the run fails
-    devices: str | list[str] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
-    micro_batches: int = 4  # pipelined bp (threads, torch_gpipe, torch_1f1b): micro-batches per batch
-    queue_size: int = 2  # pipeline: batches a stage may run ahead of the next
-    threads_per_stage: int | None = None  # pipeline on CPU: intra-op threads per worker (default: split evenly)
-    save_every: int | None = None  # checkpoint every N steps (and always at each epoch end)
-    keep_checkpoints: int = 2  # newest complete checkpoints kept
-    resume: str | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
+    stages_per_rank: Annotated[list[int] | None, Commas] = None  # pipeline=processes: stages of rank 0, 1, ...; null: balanced
+    timeout_s: PositiveFloat = 600.0  # seconds a wait on another process may last before the run fails
+    devices: Text | list[Text] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
+    micro_batches: PositiveInt = 4  # pipelined bp (threads, torch_gpipe, torch_1f1b): micro-batches per batch
+    queue_size: PositiveInt = 2  # pipeline: batches a stage may run ahead of the next
+    threads_per_stage: PositiveInt | None = None  # pipeline on CPU: intra-op threads per worker (default: split evenly)
+    save_every: PositiveInt | None = None  # checkpoint every N steps (and always at each epoch end)
+    keep_checkpoints: PositiveInt = 2  # newest complete checkpoints kept
+    resume: Text | None = None  # "auto": continue from the newest complete checkpoint of this run; or a path
     resume_other_versions: bool = False  # resume a checkpoint made by other code or on other data
 
+    @model_validator(mode="after")
+    def _rules(self) -> TrainConfig:
+        _check(not (self.pipeline and self.mixed_precision == "fp16"), "train.pipeline with "
+               "train.mixed_precision=fp16 would update one loss scaler from several threads: use "
+               "train.mixed_precision=bf16 or no")
+        _check(self.stages_per_rank is None or self.pipeline == "processes",
+               "train.stages_per_rank needs train.pipeline=processes")
+        return self
 
 TORCH_PIPELINES = ("torch_gpipe", "torch_1f1b")  # train.pipeline values for bp on torch.distributed.pipelining
 
@@ -145,124 +228,66 @@ def over_processes(t: TrainConfig) -> bool:
     return t.pipeline == "processes" or t.pipeline in TORCH_PIPELINES
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     every_group: bool = True  # layer-wise accuracies each epoch (exits or linear probes)
-    probe_samples: int = 2000  # probe set: training texts (seeded, stratified draw) for linear probes and refresh
-    probe_max_iter: int = 500
+    probe_samples: PositiveInt = 2000  # probe set: training texts (seeded, stratified draw) for linear probes and refresh
+    probe_max_iter: PositiveInt = 500
     test: bool = True  # score the test split each epoch; false while tuning (test is never read)
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: {data}-{encoder}-{method}-seed{seed}
+_SECTIONS = ("data", "tokenizer", "model", "method", "train", "eval")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: Text = "runs"
+    run_name: Text | None = None  # default: {data}-{encoder}-{method}-seed{seed}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, raw: Any) -> Any:  # a recipe's "train:" with nothing under it
+        return {k: {} if v is None and k in _SECTIONS else v for k, v in raw.items()} if isinstance(raw, dict) else raw
+
+    @model_validator(mode="after")
+    def _rules(self) -> Config:
+        d, tok, m, meth, t = self.data, self.tokenizer, self.model, self.method, self.train
+        if m.encoder == "pretrained" and not (tok.name or tok.train):
+            tok.name = m.pretrained  # the model's own tokenizer by default
+        _check(d.sampler == "random" or t.batch_size % d.samples_per_class == 0,
+               f"data.samples_per_class={d.samples_per_class} must divide train.batch_size={t.batch_size}: "
+               "e.g. data.samples_per_class=4 with a batch of 128")
+        _check(not t.pipeline or meth.name == "bp" or meth.backward == "per_group",
+               "train.pipeline steps each stage on its own: use method.backward=per_group")
+        if t.pipeline == "processes":
+            _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses "
+                   "every stage): for bp use train.pipeline=torch_gpipe or torch_1f1b (over the same processes), "
+                   "or threads")
+            _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon "
+                   "over a stage's replicas when there are several (the default) and cannot with one: unset "
+                   "method.gather_features (false: each replica's own batch)")
+        if t.pipeline in TORCH_PIPELINES:
+            _check(meth.name == "bp", f"train.pipeline={t.pipeline} pipelines bp (one backward through every "
+                   f"group): set method.name=bp, or train.pipeline=processes for {meth.name}")
+        _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
+               "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "
+               "use train.mixed_precision=bf16 or method.backward=sum")
+        _check(bool(self.output_dir), "output_dir must not be empty")
+        return self
 
     def run_dir(self) -> Path:
-        name = self.run_name or (
-            f"{self.data.name}-{self.model.encoder}-{self.method.name}-seed{self.train.seed}"
-        )
+        name = self.run_name or f"{self.data.name}-{self.model.encoder}-{self.method.name}-seed{self.train.seed}"
         return Path(self.output_dir) / name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-# ---------------------------------------------------------------- building from plain data
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _yaml_scalar(text: str) -> Any:
-    """A command-line item read as YAML (numbers, null, true), else kept as the plain string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` checked against type ``tp``; raise UserError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except UserError:
-                continue
-    elif origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        choices = [str(a) for a in typing.get_args(tp)]
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}{hint}")
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            (item_tp,) = typing.get_args(tp)
-            return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, str) and value.strip():  # key=a,b (or key=a) on the command line
-            return _coerce([_yaml_scalar(v) for v in value.split(",")], tp, key)
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
-            return float(value)
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(names)}"
-            raise UserError(f"unknown key {full!r}: {hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{full}.")
-        else:
-            kwargs[key] = _coerce(value, tp, full)
-    return cls(**kwargs)
+# ---------------------------------------------------------------- recipes and overrides
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -287,11 +312,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def config_from_dict(raw: dict) -> Config:
     """A validated Config from plain data (e.g. a saved config.yaml); keys it lacks take their defaults."""
-    cfg = _build(Config, raw, "")
-    if cfg.model.encoder == "pretrained" and not (cfg.tokenizer.name or cfg.tokenizer.train):
-        cfg.tokenizer.name = cfg.model.pretrained  # the model's own tokenizer by default
-    validate(cfg)
-    return cfg
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(one_line(err, Config)) from None
 
 
 def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -302,7 +326,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
         if not path.is_file():
             raise UserError(f"recipe {str(path)!r} not found: give the path of a YAML file, e.g. recipes/quickstart.yaml")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_Yaml) or {}
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" line {where.line + 1}" if where is not None else ""
@@ -342,7 +366,8 @@ def _apply_per_method(raw: dict, per_method: Any, given: set[str]) -> None:
             raise UserError(f"{PER_METHOD}.{name}: unknown method" + (f" (did you mean {close[0]!r}?)" if close else
                             f"; use one of {', '.join(METHODS)}"))
     section = raw.get("method")
-    method = section.get("name", MethodConfig.name) if isinstance(section, dict) else MethodConfig.name
+    default = MethodConfig.model_fields["name"].default
+    method = section.get("name", default) if isinstance(section, dict) else default
     for dotted, value in (per_method.get(method) or {}).items():
         if dotted not in given:
             _set_dotted(raw, str(dotted), value)
@@ -365,11 +390,6 @@ def group_sizes(cfg: Config) -> list[int]:
     return list(groups)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
 def check_groups(m: ModelConfig) -> None:
     """model.groups against the block count; with a pretrained model's layer count still unknown
     (num_layers null), only the sizes: the builder calls this again once the model is loaded."""
@@ -388,106 +408,9 @@ def check_groups(m: ModelConfig) -> None:
                f"(the embedding block + model.num_layers={m.num_layers}), e.g. {[1] * n}")
 
 
-def validate(cfg: Config) -> None:
-    d, m, t, meth = cfg.data, cfg.model, cfg.train, cfg.method
-    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction: {d.val_fraction} must be in (0, 1)")
-    _check(0.0 < d.test_fraction < 1.0, f"data.test_fraction: {d.test_fraction} must be in (0, 1)")
-    _check(0.0 <= d.label_noise < 1.0, f"data.label_noise: {d.label_noise} must be in [0, 1)")
-    for key in ("max_length", "max_train_samples", "max_eval_samples"):
-        value = getattr(d, key)
-        _check(value is None or value > 0, f"data.{key}: {value} must be a positive integer or null")
-    _check(d.synthetic_train_size >= 20 and d.synthetic_test_size >= 10,
-           "data.synthetic_train_size/synthetic_test_size: too small (use at least 20 and 10)")
-    _check(d.num_workers >= 0, f"data.num_workers: {d.num_workers} must be >= 0")
-    if d.sampler != "random":
-        _check(d.samples_per_class >= 2, f"data.samples_per_class: {d.samples_per_class} must be >= 2 "
-               "(a text needs another of its class in the batch)")
-        _check(cfg.train.batch_size % d.samples_per_class == 0, f"data.samples_per_class={d.samples_per_class} "
-               f"must divide train.batch_size={cfg.train.batch_size}: e.g. data.samples_per_class=4 with a batch of 128")
-    _check(not (d.name == "custom" and d.path is None), "data.name=custom needs data.path=<folder or file>")
-    close = difflib.get_close_matches(d.name, known_names(), n=1)
-    _check(d.name in DATASETS or d.name == "custom", f"data.name: unknown dataset {d.name!r}"
-           + (f" (did you mean {close[0]!r}?)" if close else "") + f"; use one of {', '.join(known_names())}")
-    tok = cfg.tokenizer
-    _check(not (tok.name and tok.train), f"tokenizer.name={tok.name!r} and tokenizer.train={tok.train!r} "
-           "exclude each other: set one of them to null")
-    _check(tok.vocab_size >= 100, f"tokenizer.vocab_size: {tok.vocab_size} is too small (use at least 100)")
-    _check(tok.min_frequency >= 1, f"tokenizer.min_frequency: {tok.min_frequency} must be >= 1")
-    for key in ("hidden_size", "num_heads", "ffn_size"):
-        _check(getattr(m, key) > 0, f"model.{key}: {getattr(m, key)} must be a positive integer")
-    _check(m.num_layers is None or m.num_layers > 0, f"model.num_layers: {m.num_layers} must be a positive integer")
-    _check(m.embed_dim is None or m.embed_dim > 0, f"model.embed_dim: {m.embed_dim} must be positive")
-    _check(0.0 <= m.dropout < 1.0, f"model.dropout: {m.dropout} must be in [0, 1)")
-    if m.encoder == "transformer":
-        _check(m.hidden_size % m.num_heads == 0,
-               f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
-        embed = m.embed_dim or m.hidden_size
-        _check(embed == m.hidden_size,
-               f"model.embed_dim={embed} must equal model.hidden_size={m.hidden_size} for the Transformer")
-    if m.encoder == "pretrained":
-        _check(bool(m.pretrained), "model.encoder=pretrained needs model.pretrained=<Hub id or local directory>, "
-               "e.g. model.pretrained=sentence-transformers/all-MiniLM-L6-v2")
-        _check(m.word_vectors is None, "model.word_vectors: a pretrained encoder brings its own embeddings; "
-               "unset model.word_vectors")
-    else:
-        _check(m.pretrained is None, f"model.pretrained={m.pretrained!r} is read only by model.encoder=pretrained: "
-               "set model.encoder=pretrained or model.pretrained=null")
-    check_groups(m)
-    _check(meth.temperature > 0, f"method.temperature: {meth.temperature} must be > 0")
-    _check(meth.projection_dim is None or meth.projection_dim > 0, "method.projection_dim must be positive")
-    _check(meth.projection != "identity" or meth.projection_dim is None,
-           "method.projection=identity keeps the pooled size: unset method.projection_dim or use "
-           "method.projection=linear|mlp|mlp_bn")
-    _check(meth.supcon_queue >= 0, f"method.supcon_queue: {meth.supcon_queue} must be >= 0 (0 turns the memory off)")
-    _check(meth.ce_weight >= 0, f"method.ce_weight: {meth.ce_weight} must be >= 0")
-    _check(len(meth.inforeg_weights) == 3 and all(w >= 0 for w in meth.inforeg_weights),
-           "method.inforeg_weights: give three non-negative weights [invariance, variance, covariance]")
-    _check(meth.label_dim > 0, f"method.label_dim: {meth.label_dim} must be positive")
-    _check(t.epochs > 0, f"train.epochs: {t.epochs} must be a positive integer")
-    _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
-           f"train.early_stopping_patience: {t.early_stopping_patience} must be >= 1 (epochs without a validation "
-           "gain before stopping) or null (off)")
-    _check(t.batch_size > 1, f"train.batch_size: {t.batch_size} must be >= 2 (contrastive losses need pairs)")
-    _check(t.eval_batch_size > 0, f"train.eval_batch_size: {t.eval_batch_size} must be positive")
-    _check(t.lr > 0, f"train.lr: {t.lr} must be > 0, e.g. train.lr=1e-3")
-    _check(t.head_lr is None or t.head_lr > 0, f"train.head_lr: {t.head_lr} must be > 0 or null (= train.lr)")
-    _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
-    _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
-    _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip: {t.grad_clip} must be > 0 or null")
-    _check(t.max_steps is None or t.max_steps > 0, f"train.max_steps: {t.max_steps} must be positive or null")
-    _check(t.num_processes is None or t.num_processes > 0, "train.num_processes must be positive")
-    if t.pipeline:
-        _check(t.mixed_precision != "fp16", "train.pipeline with train.mixed_precision=fp16 would update one loss "
-               "scaler from several threads: use train.mixed_precision=bf16 or no")
-        _check(meth.name == "bp" or meth.backward == "per_group", "train.pipeline steps each stage on its own: "
-               "use method.backward=per_group")
-        _check(t.micro_batches >= 1 and t.queue_size >= 1, "train.micro_batches and train.queue_size must be >= 1")
-        _check(t.threads_per_stage is None or t.threads_per_stage >= 1, "train.threads_per_stage must be >= 1")
-    if t.pipeline == "processes":
-        _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses every "
-               "stage): for bp use train.pipeline=torch_gpipe or torch_1f1b (over the same processes), or threads")
-        _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon over "
-               "a stage's replicas when there are several (the default) and cannot with one: unset "
-               "method.gather_features (false: each replica's own batch)")
-    if t.pipeline in TORCH_PIPELINES:
-        _check(meth.name == "bp", f"train.pipeline={t.pipeline} pipelines bp (one backward through every group): "
-               f"set method.name=bp, or train.pipeline=processes for {meth.name}")
-    _check(t.stages_per_rank is None or t.pipeline == "processes", "train.stages_per_rank needs "
-           "train.pipeline=processes")
-    _check(t.timeout_s > 0, f"train.timeout_s: {t.timeout_s} must be > 0")
-    _check(t.save_every is None or t.save_every > 0, f"train.save_every: {t.save_every} must be positive or null")
-    _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints: {t.keep_checkpoints} must be >= 1")
-    _check(t.max_nonfinite >= 1, f"train.max_nonfinite: {t.max_nonfinite} must be >= 1")
-    _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
-           "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "
-           "use train.mixed_precision=bf16 or method.backward=sum")
-    _check(cfg.eval.probe_samples > 0, "eval.probe_samples must be positive")
-    _check(bool(cfg.output_dir), "output_dir must not be empty")
-
-
 # how and where a run is carried out, not what it computes: a run may be moved, or resumed with other values
-_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.resume_other_versions", "train.progress",
-                 "train.save_every", "train.timeout_s", "train.keep_checkpoints", "train.log_with", "data.num_workers"}
+_NOT_IDENTITY = {"output_dir", "run_name", "train.resume", "train.progress", "train.save_every", "train.timeout_s",
+                 "train.keep_checkpoints", "train.log_with", "train.resume_other_versions", "data.num_workers"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,6 @@ tokens and its closing special tokens), so a pipeline called without ``truncatio
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, Pretra
                           PreTrainedTokenizerBase)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .config import Config, MethodConfig, ModelConfig, _build
+from .config import Config, config_from_dict
 from .errors import UserError
 from .registry import METHODS
 from .tokenization import truncation_layout
@@ -57,7 +56,7 @@ class DecoupledTextConfig(PretrainedConfig):
 
     def run_config(self) -> Config:
         """The (validated) model and method sections as the training code's Config."""
-        return Config(model=_build(ModelConfig, self.encoder, "model."), method=_build(MethodConfig, self.method, "method."))
+        return config_from_dict({"model": self.encoder, "method": self.method})
 
 
 @dataclass
@@ -92,11 +91,11 @@ class DecoupledForSequenceClassification(PreTrainedModel):
     def from_staged(cls, staged: StagedClassifier, cfg: Config, vocab_size: int, pad_token_id: int,
                     max_seq_length: int, label_names: list[str]) -> "DecoupledForSequenceClassification":
         """Wrap a trained model (its weights shared, not copied) for ``save_pretrained``."""
-        encoder = {**dataclasses.asdict(cfg.model), "word_vectors": None}  # the vectors live in the weights
+        encoder = {**cfg.model.model_dump(), "word_vectors": None}  # the vectors live in the weights
         first = staged.stages[0].groups[0].blocks[0]
         hub = first.hub_config.to_dict() if isinstance(first, HubEmbeddingBlock) else None
         config = DecoupledTextConfig(
-            encoder=encoder, method=dataclasses.asdict(cfg.method), vocab_size=vocab_size,
+            encoder=encoder, method=cfg.method.model_dump(), vocab_size=vocab_size,
             pad_token_id=pad_token_id, max_seq_length=max_seq_length, pretrained_config=hub,
             id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
         model = cls.__new__(cls)  # not cls(config): that would build (and randomly initialise) a second model

@@ -2,7 +2,6 @@
 (``config.run_identity``), it must have been made by this code on this data (``nlp_decouple.provenance``)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +42,7 @@ def _fingerprint(data_yaml: str, seed: int, with_test: bool) -> str:
 def current_fingerprint(cfg: Config) -> str:
     """The fingerprint the run of ``cfg`` would record: its data loaded as the trainer loads it (the training
     split in content order, the test split only when the run scores it, ``eval.test``)."""
-    return _fingerprint(yaml.safe_dump(dataclasses.asdict(cfg.data), sort_keys=True), cfg.train.seed, cfg.eval.test)
+    return _fingerprint(yaml.safe_dump(cfg.data.model_dump(), sort_keys=True), cfg.train.seed, cfg.eval.test)
 
 
 def check_reuse(run_dir: Path, cfg: Config, other_versions: bool = False) -> None:

@@ -8,8 +8,10 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from nlp_decouple.config import Config, MethodConfig, group_sizes, load_config, parse_override
+from nlp_decouple.config import (Config, MethodConfig, config_from_dict, group_sizes, load_config, parse_override,
+                                 run_identity, save_config)
 from nlp_decouple.errors import UserError
 
 from conftest import REPO
@@ -260,6 +262,84 @@ def test_config_method_choices_match_the_methods_registry():
 
     choices = set(typing.get_args(typing.get_type_hints(MethodConfig)["name"]))
     assert choices == set(METHODS)
+
+
+def test_limit_messages_say_the_bound_the_why_and_what_null_means():
+    cases = {
+        "data.val_fraction=1.5": "data.val_fraction: 1.5 must be in (0, 1)",
+        "data.label_noise=-0.1": "data.label_noise: -0.1 must be in [0, 1)",
+        "train.batch_size=1": "train.batch_size: 1 must be >= 2 (contrastive losses need pairs)",
+        "train.max_steps=0": "train.max_steps: 0 must be > 0 or null",
+        "train.head_lr=-1": "train.head_lr: -1 must be > 0 or null (train.lr)",
+        "train.early_stopping_patience=0": "train.early_stopping_patience: 0 must be >= 1 (epochs without a "
+                                           "validation gain before stopping) or null (off)",
+        "train.epochs=null": "train.epochs: expected int, got None",
+        "train.pipeline=procs": "train.pipeline: expected bool or 'threads' or 'processes', got 'procs'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(UserError) as info:
+            load_config(None, [override])
+        assert str(info.value) == message
+
+
+def test_every_config_error_is_one_line_naming_the_key(tmp_path):
+    """Each field, given a mapping, a word, a negative number or a list: accepted, or one line; a mapping is
+    never a field's value, so that error names the field."""
+    keys = [f"{section}.{key}" for section, field in Config.model_fields.items()
+            for key in getattr(field.annotation, "model_fields", ())] + ["output_dir", "run_name"]
+    assert len(keys) > 90
+    for key in keys:
+        for value in ("{a: 1}", "zzz", "-1", "[1, x, -2.5]", "''"):
+            try:
+                load_config(None, [f"{key}={value}"])
+            except UserError as err:
+                message = str(err)
+                assert message and "\n" not in message, (key, value, message)
+                if value == "{a: 1}":
+                    assert message.startswith(f"{key}: "), message
+        section, _, name = key.rpartition(".")
+        with pytest.raises(UserError) as info:  # the same through a recipe file
+            load_config(write(tmp_path, yaml.safe_dump({section: {name: {"a": [1]}}} if section else {name: {}})))
+        assert str(info.value).startswith(f"{key}: ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.groups=[2, x]"], "model.groups[1]: expected int, got 'x'"),
+    (["model.groups=1.5,3"], "model.groups[0]: expected int, got 1.5"),
+    (["method.inforeg_weights=[1, 1, -1]"], "method.inforeg_weights[2]: -1 must be >= 0"),
+    (["train.pipeline=processes", "method.name=scpl", "train.stages_per_rank=2,two"],
+     "train.stages_per_rank[1]: expected int, got 'two'"),
+    (["train.log_with=[tensorboard, [wandb]]"], "train.log_with[1]: expected str, got ['wandb']"),
+    (["train.devices=[cpu, {cuda: 0}]"], "train.devices[1]: expected str, got {'cuda': 0}"),
+])
+def test_a_bad_item_of_a_list_names_its_index(overrides, message):
+    with pytest.raises(UserError) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.lr=5e-4", "model.groups=1,3", "method.name=scpl", "method.inforeg_weights=1e0,5e-1,25",
+     "train.pipeline=processes", "train.stages_per_rank=[1,1]", "train.devices=[cpu,cpu]", "run_name=2024",
+     "data.text_fields=title,description", "train.early_stopping_patience=2", "train.resume_other_versions=true"],
+    ["model.encoder=pretrained", "model.pretrained=some/model", "model.num_layers=null", "model.groups=2",
+     "train.head_lr=1e-5"],
+    [],
+])
+def test_a_saved_config_reads_back_equal(tmp_path, overrides):
+    cfg = load_config(write(tmp_path, GOOD), overrides)
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg  # as compare reads it
+    if "model.encoder=pretrained" in overrides:
+        assert again.tokenizer.name == "some/model" and again.model.num_layers is None
+
+
+def test_resume_other_versions_is_not_part_of_a_runs_identity():
+    plain = run_identity(load_config(None))
+    assert run_identity(load_config(None, ["train.resume_other_versions=true"])) == plain
+    assert run_identity(load_config(None, ["train.early_stopping_patience=2"])) != plain
 
 
 # ---------------------------------------------------------------- recipe files

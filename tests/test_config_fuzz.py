@@ -1,8 +1,6 @@
 """Fuzz: any recipe text and override strings either validate or fail with a clean UserError."""
 from __future__ import annotations
 
-import dataclasses
-
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,11 +11,9 @@ from nlp_decouple.errors import UserError
 
 def _known_keys() -> list[str]:
     keys = []
-    for section in dataclasses.fields(Config):
-        if dataclasses.is_dataclass(section.default_factory) if section.default_factory is not dataclasses.MISSING else False:
-            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(section.default_factory)]
-        else:
-            keys.append(section.name)
+    for name, field in Config.model_fields.items():
+        section = field.annotation
+        keys += [f"{name}.{key}" for key in section.model_fields] if hasattr(section, "model_fields") else [name]
     return keys
 
 
