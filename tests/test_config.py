@@ -274,7 +274,8 @@ def test_limit_messages_say_the_bound_the_why_and_what_null_means():
         "train.early_stopping_patience=0": "train.early_stopping_patience: 0 must be >= 1 (epochs without a "
                                            "validation gain before stopping) or null (off)",
         "train.epochs=null": "train.epochs: expected int, got None",
-        "train.pipeline=procs": "train.pipeline: expected bool or 'threads' or 'processes', got 'procs'",
+        "train.pipeline=procs": "train.pipeline: expected bool or 'threads', 'processes', 'torch_gpipe' or 'torch_1f1b', "
+                                "got 'procs'",
     }
     for override, message in cases.items():
         with pytest.raises(UserError) as info:
