@@ -431,7 +431,7 @@ def save_tiny_with_tokenizer(name: str, directory: Path) -> str:
 
 
 @pytest.mark.parametrize("method", ["bp", "scpl"])
-@pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "modernbert"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_family_trains_with_its_own_tokenizer_and_serves_the_transformers_pipeline_on_texts_of_any_length(tmp_path, family, method):
     from transformers import pipeline
 
