@@ -56,15 +56,15 @@ esac
 
 out=$root/$cell
 mkdir -p "$out"
-python -m nlp_decouple.tune "$recipe" methods=$methods trials=$trials seeds=100 "${common[@]}" "${data[@]}" \
+nlp-decouple tune "$recipe" methods=$methods trials=$trials seeds=100 "${common[@]}" "${data[@]}" \
   "${tune_eval[@]}" ${model[@]+"${model[@]}"} ${extra[@]+"${extra[@]}"} ${reuse[@]+"${reuse[@]}"} --out "$out/tune"
 
 runs=()
 for m in ${methods//,/ }; do
   # the full validation split chooses the epoch in the reported runs
-  python -m nlp_decouple compare "$out/tune/$m.yaml" methods=$m seeds=$seeds data.max_eval_samples=null \
+  nlp-decouple compare "$out/tune/$m.yaml" methods=$m seeds=$seeds data.max_eval_samples=null \
     ${reuse[@]+"${reuse[@]}"} --out "$out/seeds/$m" >/dev/null
   for s in ${seeds//,/ }; do runs+=("$out/seeds/$m/$m-seed$s"); done
 done
-python -m nlp_decouple report "${runs[@]}" --out "$out/report" \
+nlp-decouple report "${runs[@]}" --out "$out/report" \
   --title "Protocol: $cell (tuned on validation, seeds ${seeds//,/ })"

@@ -1,4 +1,4 @@
-"""Train one run: ``python -m nlp_decouple.train RECIPE [key=value ...]`` (also under ``accelerate launch -m``)."""
+"""Train one run: ``accelerate launch -m nlp_decouple.train RECIPE [key=value ...]`` (or ``nlp-decouple train``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +13,9 @@ from ..logs import setup_console
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m nlp_decouple.train",
+        prog="accelerate launch -m nlp_decouple.train",
         description="Train a text classifier with BP or a decoupled method (scpl, early_exit, deinforeg, al).",
-        epilog="example: python -m nlp_decouple.train recipes/quickstart.yaml method.name=scpl train.epochs=2",
+        epilog="example: accelerate launch -m nlp_decouple.train recipes/quickstart.yaml method.name=scpl train.epochs=2",
     )
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/agnews_transformer.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=5e-4 model.groups=2")
