@@ -7,7 +7,6 @@ null means).
 """
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +15,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
                       PositiveInt, Strict, ValidationError, model_validator)
 
-from .errors import UserError, one_line
+from .errors import UserError, did_you_mean, one_line
 from .registry import METHODS, known_names
 
 
@@ -79,9 +78,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _rules(self) -> DataConfig:
-        close = difflib.get_close_matches(self.name, known_names(), n=1)
-        _check(self.name in known_names(), f"data.name: unknown dataset {self.name!r}" + (f" (did you mean "
-               f"{close[0]!r}?)" if close else "") + f"; use one of {', '.join(known_names())}")
+        _check(self.name in known_names(), f"data.name: unknown dataset {self.name!r}"
+               f"{did_you_mean(self.name, known_names())}; use one of {', '.join(known_names())}")
         _check(not (self.name == "custom" and self.path is None), "data.name=custom needs data.path=<folder or file>")
         _check(self.sampler == "random" or self.samples_per_class >= 2, f"data.samples_per_class: "
                f"{self.samples_per_class} must be >= 2 (a text needs another of its class in the batch)")
@@ -362,9 +360,8 @@ def _apply_per_method(raw: dict, per_method: Any, given: set[str]) -> None:
                         f"{PER_METHOD}: {{scpl: {{train.lr: 1.0e-2}}}}")
     for name in per_method:
         if name not in METHODS:
-            close = difflib.get_close_matches(str(name), list(METHODS), n=1)
-            raise UserError(f"{PER_METHOD}.{name}: unknown method" + (f" (did you mean {close[0]!r}?)" if close else
-                            f"; use one of {', '.join(METHODS)}"))
+            hint = did_you_mean(name, list(METHODS))
+            raise UserError(f"{PER_METHOD}.{name}: unknown method" + (hint or f"; use one of {', '.join(METHODS)}"))
     section = raw.get("method")
     default = MethodConfig.model_fields["name"].default
     method = section.get("name", default) if isinstance(section, dict) else default

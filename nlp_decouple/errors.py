@@ -17,6 +17,12 @@ class UserError(Exception):
     """Something the user gave us is wrong; the message says what and how to fix it."""
 
 
+def did_you_mean(value: Any, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string when none is close."""
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main`` so a :class:`UserError` prints one line and exits with code 2."""
 
@@ -58,8 +64,7 @@ def one_line(err: ValidationError, root: type[BaseModel]) -> str:
     key, field = _locate(error["loc"], root)
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx["expected"])
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        return f"{key}: {value!r} is not one of {', '.join(choices)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        return f"{key}: {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{key}: {value} must be {_limit(field, ctx)}{_hint(field, key)}"
     if kind in ("too_short", "too_long"):

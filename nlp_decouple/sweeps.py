@@ -3,7 +3,6 @@ way a sweep starts a training run (a fresh ``nlp_decouple.train`` process, so it
 """
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import subprocess
@@ -12,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .registry import METHODS
 
 
@@ -24,9 +23,7 @@ def parse_methods(value: str) -> list[str]:
         raise UserError(f"methods={value!r}: unknown (none given); {choices}")
     for name in names:
         if name not in METHODS:
-            close = difflib.get_close_matches(name, list(METHODS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"methods={value!r}: unknown method {name!r}{hint}; {choices}")
+            raise UserError(f"methods={value!r}: unknown method {name!r}{did_you_mean(name, list(METHODS))}; {choices}")
     repeated = [m for m, n in Counter(names).items() if n > 1]
     if repeated:
         raise UserError(f"methods={value!r}: {repeated[0]!r} repeats; {choices}")
