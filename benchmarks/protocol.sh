@@ -9,10 +9,11 @@
 # score. Searched: three keys per method (nlp_decouple/tuning/space.py): train.lr log-uniform in
 # [1e-4, 3e-2] and train.weight_decay for all, plus the method's own key (SCPL's temperature, DeInfoReg's
 # ce_weight, AL's label_dim; dropout for BP and Early Exit). Fixed: the model size (set by the CPU budget)
-# and everything else at the recipes' values, which are the package defaults (model.norm=post,
-# model.lstm_pooling=last, method.projection=identity) or SCPL's prototypes, chosen on validation
-# (docs/scpl_study.md). Every run trains to convergence: up to EPOCHS epochs, stopped after PATIENCE epochs
-# without a validation gain.
+# and everything else at the recipes' values: the Transformer recipes' pre-norm and mlp_bn projection were
+# chosen on validation leaving one dataset out (docs/methods.md, 'Where the recipes' defaults come from'),
+# the BiLSTM recipe keeps the package defaults (model.lstm_pooling=last, method.projection=identity), and
+# SCPL's prototypes were chosen on validation (docs/scpl_study.md). Every run trains to convergence: up to
+# EPOCHS epochs, stopped after PATIENCE epochs without a validation gain.
 #
 # Environment: SHARED (default ../shared), METHODS (default bp,scpl,early_exit,deinforeg,al), TRIALS (default
 # 8, per method), EPOCHS (the cap, default 30), PATIENCE (default 3), SEEDS (default 10,11,12,13,14),
