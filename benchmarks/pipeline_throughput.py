@@ -1,6 +1,6 @@
 """Training throughput (samples/s): sequential per-group SCPL vs pipelined SCPL vs BP.
 
-An LSTM or Transformer (``--encoder``) cut into layer groups (default: embedding + 2 blocks in 2 groups),
+An LSTM, a Transformer or the pretrained MiniLM (``--encoder``) cut into layer groups (default: embedding + 2 blocks in 2 groups),
 random token ids, AdamW (multi-tensor, as the trainer). ``--layers`` and ``--batch-size`` take several
 values: every combination is measured, each with its own BP baseline, and the ratios to BP are computed
 within a combination. Modes, each on a fresh copy of the same initial model:
@@ -87,10 +87,18 @@ def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, classes: int
     return batches
 
 
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def build(args, method: str, layers: int) -> StagedClassifier:
-    overrides = [f"model.encoder={args.encoder}", f"model.num_layers={layers}", f"model.hidden_size={args.hidden}",
-                 f"model.num_heads={args.heads}", f"model.ffn_size={2 * args.hidden}",
-                 f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
+    if args.encoder == "minilm":  # the pretrained model from the Hub (cache), its first ``layers`` layers
+        overrides = ["model.encoder=pretrained", f"model.pretrained={MINILM}", f"model.num_layers={layers}",
+                     f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}",
+                     "method.projection=mlp_bn"]  # as recipes/agnews_minilm.yaml
+    else:
+        overrides = [f"model.encoder={args.encoder}", f"model.num_layers={layers}", f"model.hidden_size={args.hidden}",
+                     f"model.num_heads={args.heads}", f"model.ffn_size={2 * args.hidden}",
+                     f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
     cfg = load_config(None, overrides)
     torch.manual_seed(args.seed)
     model = StagedClassifier.from_config(cfg, args.vocab, 0, args.classes, args.seq_len)
@@ -289,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3, help="rounds over all modes; medians are reported")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--encoder", choices=["lstm", "transformer"], default="lstm")
+    p.add_argument("--encoder", choices=["lstm", "transformer", "minilm"], default="lstm",
+                   help="minilm: the pretrained all-MiniLM-L6-v2 from the Hub cache (--hidden, --heads ignored)")
     p.add_argument("--heads", type=int, default=4, help="Transformer attention heads")
     p.add_argument("--batch-size", type=int, nargs="+", default=[64])
     p.add_argument("--seq-len", type=int, default=60)

@@ -1,9 +1,7 @@
 """Sequential SCPL against BP, samples/s of the trainer's own loop, for one or more versions of the code.
 
-Each cell (``--cells``: ``transformer``, ``lstm``, ``minilm``) is the protocol's small-CPU model on
-``debian_packages`` (d = 64, embedding + 3 blocks = 4 groups, batch 128, 64 tokens, the MiniLM
-tokenizer; ``minilm``: the pretrained MiniLM in its recipe's 3 groups, batch ``--minilm-batch``), with
-``train.grad_clip=1.0``. Every version
+Each cell (``--cells``: ``debian_transformer``, ``debian_lstm``, ``agnews_transformer``, ``agnews_lstm``,
+``minilm``) is set up as the protocol's (see :func:`cell_overrides`). Every version
 (``--code NAME=DIR``: a checkout of the package, e.g. an export of an earlier commit beside this one) runs
 in its own child process, which builds one trainer per method once; the parent then asks the children
 for ``--rounds`` interleaved rounds (each round: every version, every method, in an order that alternates
@@ -12,7 +10,7 @@ from round to round), each a measurement of ``--steps`` optimizer steps through 
 are reported, with each round's numbers, the machine's load average before and after, and the top
 entries of a cProfile of one extra measurement per version and method. Results go to ``--out`` (JSON).
 
-    python benchmarks/step_overhead.py --code after=. --code before=/tmp/before --cells transformer lstm \
+    python benchmarks/step_overhead.py --code after=. --code before=/tmp/before --cells debian_lstm \
         --rounds 3 --steps 8 --out benchmarks/out/step_overhead.json
 """
 from __future__ import annotations
@@ -31,22 +29,26 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("bp", "scpl")
 
 
+CELLS = ("debian_transformer", "debian_lstm", "agnews_transformer", "agnews_lstm", "minilm")
+
+
 def cell_overrides(cell: str, shared: Path, minilm_batch: int) -> tuple[str | None, list[str]]:
-    """The recipe and overrides of a cell (the protocol's debian cells; see benchmarks/protocol.sh)."""
-    data = ["data.name=custom", f"data.path={shared / 'datasets' / 'debian_packages'}", "data.max_length=64",
-            "data.max_train_samples=2000", "data.max_eval_samples=100", "train.progress=false",
-            "method.projection=mlp_bn", "train.grad_clip=1.0"]
-    tokenizer = "tokenizer.name=sentence-transformers/all-MiniLM-L6-v2"
-    if cell == "transformer":
-        return str(REPO / "recipes" / "agnews_transformer.yaml"), [
-            *data, tokenizer, "train.batch_size=128", "model.hidden_size=64", "model.num_heads=4",
-            "model.ffn_size=128", "model.norm=pre"]
-    if cell == "lstm":
-        return str(REPO / "recipes" / "agnews_lstm.yaml"), [
-            *data, tokenizer, "train.batch_size=128", "model.hidden_size=64", "model.lstm_pooling=mean"]
+    """The recipe and overrides of a cell: the protocol's four cells exactly as benchmarks/protocol.sh sets
+    them up (d = 64, embedding + 3 blocks = 4 groups, batch 128, the recipes' method settings), on 2,000
+    training texts (the step does not depend on how many there are); ``minilm``: the pretrained MiniLM in its
+    recipe's 3 groups on debian, batch ``--minilm-batch``."""
+    dataset, _, encoder = cell.partition("_")
+    small = ["data.max_train_samples=2000", "data.max_eval_samples=100", "train.progress=false"]
+    debian = ["data.name=custom", f"data.path={shared / 'datasets' / 'debian_packages'}", "data.max_length=64"]
     if cell == "minilm":
-        return str(REPO / "recipes" / "agnews_minilm.yaml"), [*data, f"train.batch_size={minilm_batch}"]
-    raise SystemExit(f"unknown cell {cell}: transformer | lstm | minilm")
+        return str(REPO / "recipes" / "agnews_minilm.yaml"), [*debian, *small, f"train.batch_size={minilm_batch}"]
+    if cell not in CELLS:
+        raise SystemExit(f"unknown cell {cell}: {' | '.join(CELLS)}")
+    data = ([*debian, "tokenizer.name=sentence-transformers/all-MiniLM-L6-v2"] if dataset == "debian"
+            else [f"data.path={shared / 'datasets' / 'ag_news_7600'}"])
+    model = ["model.num_heads=4", "model.ffn_size=128"] if encoder == "transformer" else []
+    return str(REPO / "recipes" / f"agnews_{encoder}.yaml"), [
+        *data, *small, "train.batch_size=128", "model.hidden_size=64", *model]
 
 
 # ---- the child: one version of the code, one trainer per method, measurements on request ----
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--code", action="append", default=[], metavar="NAME=DIR",
                    help="a version of the package to measure (default: this checkout, as 'current')")
-    p.add_argument("--cells", nargs="+", default=["transformer", "lstm"])
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per measurement")
     p.add_argument("--top", type=int, default=8, help="cProfile entries kept per version and method (0: none)")

@@ -327,14 +327,22 @@ def test_protocol_tunes_on_validation_reports_fresh_seeds_and_refuses_runs_of_ot
     assert json.loads(path.read_text())["code_version"]["id"] == "git:0123456789abcdef"  # kept, not retrained
 
 
-@pytest.mark.parametrize("cell", ["transformer", "lstm", "minilm"])
-def test_step_overhead_cells_are_valid_configs_of_the_protocol_model(cell):
+@pytest.mark.parametrize("cell", ["debian_transformer", "debian_lstm", "agnews_transformer", "agnews_lstm", "minilm"])
+def test_step_overhead_cells_are_the_protocol_cells(cell):
     step_overhead = script("step_overhead")
     recipe, overrides = step_overhead.cell_overrides(cell, Path("../shared"), 32)
     for method in step_overhead.METHODS:
         cfg = load_config(recipe, [*overrides, f"method.name={method}"])
-        assert cfg.train.grad_clip == 1.0 and cfg.data.max_length == 64 and cfg.method.name == method
-        if cell != "minilm":  # the protocol's small-CPU model: d = 64, embedding + 3 blocks, batch 128
-            assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.batch_size) == (64, 3, 128)
+        assert cfg.method.name == method and cfg.data.max_train_samples == 2000
+        if cell == "minilm":
+            continue
+        # the protocol's small-CPU model and the recipe's method settings (benchmarks/protocol.sh)
+        assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.batch_size) == (64, 3, 128)
+        assert cfg.model.encoder == cell.split("_")[1]
+        assert (cfg.data.name == "custom") == cell.startswith("debian")
+        if cell.endswith("transformer"):
+            assert (cfg.model.norm, cfg.method.projection, cfg.model.num_heads) == ("pre", "mlp_bn", 4)
+        else:
+            assert (cfg.model.lstm_pooling, cfg.method.projection) == ("last", "identity")
     with pytest.raises(SystemExit, match="unknown cell"):
         step_overhead.cell_overrides("gru", Path("../shared"), 32)
