@@ -8,6 +8,8 @@ null means).
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,8 +27,21 @@ class _Yaml(yaml.SafeLoader):
 
 # an own copy of the table: add_implicit_resolver would otherwise append to SafeLoader's lists
 _Yaml.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Yaml.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                            list("-+.0123456789"))
+_FLOAT_1_2 = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_Yaml.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+.0123456789"))
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """Writes what :class:`_Yaml` reads back unchanged: a text such as ``1e3`` is quoted."""
+
+
+_YamlDumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+_YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+.0123456789"))
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML, in its own key order, that :func:`load_config` reads back equal."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False)
 
 
 def _yaml_scalar(text: str) -> Any:
@@ -301,11 +316,38 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _text_keys(model: type[BaseModel] | None = None, prefix: str = "") -> set[str]:
+    """Dotted keys of the single-text fields (``Text`` or ``Text | None``), read from the config's models."""
+    keys = set()
+    for name, field in (model or Config).model_fields.items():
+        kinds = [typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a  # Text | None -> [str]
+                 for a in (typing.get_args(field.annotation) if typing.get_origin(field.annotation) in _UNIONS
+                           else (field.annotation,)) if a is not type(None)]
+        if len(kinds) == 1 and isinstance(kinds[0], type) and issubclass(kinds[0], BaseModel):
+            keys |= _text_keys(kinds[0], f"{prefix}{name}.")
+        elif kinds == [str]:
+            keys.add(prefix + name)
+    return keys
+
+
+_TEXT_KEYS = _text_keys()
+
+
 def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` as (key, value): the value read as YAML, except that a text field keeps the text as
+    typed (``run_name=1e3`` is "1e3", not 1000.0; ``null`` still unsets it)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
-    return key.strip(), (_yaml_scalar(value) if value.strip() else None)
+    key = key.strip()
+    if not value.strip():
+        return key, None
+    parsed = _yaml_scalar(value)
+    return key, (value if parsed is not None and key in _TEXT_KEYS and not isinstance(parsed, (dict, list))
+                 else parsed)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -430,4 +472,4 @@ def run_identity(settings: Config | dict) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path.write_text(dump_yaml(cfg.to_dict()))

@@ -321,7 +321,7 @@ def test_a_bad_item_of_a_list_names_its_index(overrides, message):
 
 @pytest.mark.parametrize("overrides", [
     ["train.lr=5e-4", "model.groups=1,3", "method.name=scpl", "method.inforeg_weights=1e0,5e-1,25",
-     "train.pipeline=processes", "train.stages_per_rank=[1,1]", "train.devices=[cpu,cpu]", "run_name=2024",
+     "train.pipeline=processes", "train.stages_per_rank=[1,1]", "train.devices=[cpu,cpu]", "run_name=1e3",
      "data.text_fields=title,description", "train.early_stopping_patience=2", "train.resume_other_versions=true"],
     ["model.encoder=pretrained", "model.pretrained=some/model", "model.num_layers=null", "model.groups=2",
      "train.head_lr=1e-5"],
@@ -335,6 +335,13 @@ def test_a_saved_config_reads_back_equal(tmp_path, overrides):
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg  # as compare reads it
     if "model.encoder=pretrained" in overrides:
         assert again.tokenizer.name == "some/model" and again.model.num_layers is None
+
+
+@pytest.mark.parametrize("typed", ["1e3", "2024", "0.10", "true", "1e-3"])
+def test_a_text_setting_keeps_the_text_as_typed(typed):
+    cfg = load_config(None, [f"run_name={typed}", f"data.path={typed}", "train.lr=1e3", "tokenizer.name=null"])
+    assert (cfg.run_name, cfg.data.path, cfg.train.lr, cfg.tokenizer.name) == (typed, typed, 1000.0, None)
+    assert cfg.run_dir().name == typed
 
 
 def test_resume_other_versions_is_not_part_of_a_runs_identity():

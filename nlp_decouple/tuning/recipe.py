@@ -11,9 +11,8 @@ import json
 import os
 from pathlib import Path
 
-import yaml
 
-from ..config import load_config
+from ..config import dump_yaml, load_config
 from ..errors import UserError
 
 PROVENANCE_TAG = "# tune-provenance: "  # one JSON line, for tools (compare can refuse the tuning seeds)
@@ -77,7 +76,7 @@ def write_recipe(study, out: Path) -> dict | None:
         node[name] = value
     path = out / f"{study.study_name}.yaml"
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(_header(p) + yaml.safe_dump(config, sort_keys=False))
+    tmp.write_text(_header(p) + dump_yaml(config))
     try:
         load_config(tmp)
     except UserError as err:
