@@ -14,8 +14,6 @@ within a combination. Modes, each on a fresh copy of the same initial model:
 - ``scpl_pipeline``: :class:`nlp_decouple.engines.ThreadedPipeline`, one thread per stage on
   ``--devices`` (default ``cpu``: every stage on the CPU, the CPU threads split between them;
   ``auto``: the visible GPUs);
-- ``bp_gpipe`` (not in the default ``--modes``): BP with :class:`nlp_decouple.engines.GPipe`,
-  ``--micro-batches`` chunks through the same placement, one optimizer step per batch;
 - ``scpl_processes`` (not in the default ``--modes``): :class:`nlp_decouple.engines.ProcessPipeline`,
   ``--ranks`` worker processes (gloo on localhost, spawned once per configuration and not timed), each
   with ``--stage-threads`` intra-op threads (default 1) and a balanced block of stages; the time is taken
@@ -26,7 +24,9 @@ within a combination. Modes, each on a fresh copy of the same initial model:
   processes and threads, its layer groups in the same balanced blocks as ``scpl_processes``' stages.
 
 Side by side, with the machine's ceiling measured in the same run:
-``--modes bp,bp_1thread,bp_torch_gpipe,bp_torch_1f1b,scpl_sequential,scpl_pipeline,scpl_processes``.
+``--modes bp,bp_1thread,bp_torch_gpipe,bp_torch_1f1b,scpl_sequential,scpl_pipeline,scpl_processes``
+(docs/benchmarks.md, "Wall-clock side by side"; the thread GPipe BP these tables once had was removed
+after losing to both torch schedules and to plain BP there).
 
 Stages should cost about the same: the embedding block is nearly free, so an even number of encoder
 layers in 2 groups (``--layers 4 8``: 5 and 9 blocks, groups of 3+2 and 5+4 blocks) gives 2 equal
@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO))
 
 from nlp_decouple.config import group_sizes, load_config  # noqa: E402
 from nlp_decouple.classifier import StagedClassifier  # noqa: E402
-from nlp_decouple.engines import (GPipe, ProcessPipeline, ThreadedPipeline, TorchPipeline,  # noqa: E402
+from nlp_decouple.engines import (ProcessPipeline, ThreadedPipeline, TorchPipeline,  # noqa: E402
                                   assign_devices, place_stages, thread_budget)
 from nlp_decouple.engines.processes import stage_owners  # noqa: E402
 
@@ -142,19 +142,6 @@ def run_pipeline(model: StagedClassifier, devices, batches, lr: float, queue_siz
     with ThreadedPipeline(list(model.stages), devices, updater(model, lr), decoupled=True,
                         queue_size=queue_size, threads_per_stage=threads) as runner:
         rows = [stage_losses for _, stage_losses in runner.run(batches)]
-    sync(devices)
-    return rows
-
-
-def run_gpipe(model: StagedClassifier, devices, batches, lr: float, micro_batches: int,
-              threads: int | None) -> list[list[float]]:
-    gpipe = GPipe(model.stages[0], devices, micro_batches=micro_batches, threads_per_partition=threads)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)
-    rows = []
-    for batch in batches:
-        rows.append([gpipe.forward_backward(batch)])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
     sync(devices)
     return rows
 
@@ -360,9 +347,6 @@ def mode_runner(args, p, devices, mode: str, layers: int):
         return build(args, "scpl", layers), RankPool(args, layers, mode)
     if mode in TORCH_MODES:
         return build(args, "bp", layers), RankPool(args, layers, mode)
-    if mode == "bp_gpipe":
-        return build(args, "bp", layers), lambda m, b: run_gpipe(m, devices, b, args.lr, args.micro_batches,
-                                                                 args.stage_threads)
     p.error(f"unknown mode {mode!r}")
 
 
@@ -400,7 +384,7 @@ def measure_config(args, p, devices, layers: int, batch_size: int) -> dict:
             result["ratio_to_bp"], result["ratio_to_bp_rounds"] = statistics.median(ratios), ratios
         else:
             result["ratio_to_bp"] = None
-        if mode in ("scpl_pipeline", "bp_gpipe"):
+        if mode == "scpl_pipeline":
             result["threads_per_stage"] = thread_budget(args.stage_threads, devices)
         elif mode == "scpl_processes" or mode in TORCH_MODES:
             result["processes"], result["threads_per_process"] = args.ranks, args.stage_threads or 1

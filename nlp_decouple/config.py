@@ -209,14 +209,14 @@ class TrainConfig(_Section):
     deterministic: bool = False
     max_nonfinite: PositiveInt = 5  # stop after this many non-finite losses in a row
     progress: bool = True
-    # layer groups as pipeline stages: false | true = threads (a worker thread and device each, one process) |
-    # processes (a contiguous block of stages per rank of accelerate launch / torchrun; decoupled methods) |
-    # torch_gpipe, torch_1f1b (bp over the same ranks on torch.distributed.pipelining's schedules)
+    # layer groups as pipeline stages: false | true = threads (a decoupled method's stages, a worker thread and
+    # device each, one process) | processes (a contiguous block of stages per rank of accelerate launch / torchrun;
+    # decoupled methods) | torch_gpipe, torch_1f1b (bp over the same ranks on torch.distributed.pipelining)
     pipeline: bool | Literal["threads", "processes", "torch_gpipe", "torch_1f1b"] = False
     stages_per_rank: Annotated[list[int] | None, Commas] = None  # pipeline=processes: stages of rank 0, 1, ...; null: balanced
     timeout_s: PositiveFloat = 600.0  # seconds a wait on another process may last before the run fails
     devices: Text | list[Text] = "auto"  # pipeline placement: auto | cpu | [cuda:0, cuda:1, ...] | [cpu, cpu]
-    micro_batches: PositiveInt = 4  # pipelined bp (threads, torch_gpipe, torch_1f1b): micro-batches per batch
+    micro_batches: PositiveInt = 4  # pipelined bp (torch_gpipe, torch_1f1b): micro-batches per batch
     queue_size: PositiveInt = 2  # pipeline: batches a stage may run ahead of the next
     threads_per_stage: PositiveInt | None = None  # pipeline on CPU: intra-op threads per worker (default: split evenly)
     save_every: PositiveInt | None = None  # checkpoint every N steps (and always at each epoch end)
@@ -276,10 +276,10 @@ class Config(_Section):
                "e.g. data.samples_per_class=4 with a batch of 128")
         _check(not t.pipeline or meth.name == "bp" or meth.backward == "per_group",
                "train.pipeline steps each stage on its own: use method.backward=per_group")
-        if t.pipeline == "processes":
-            _check(meth.name != "bp", "train.pipeline=processes needs a decoupled method (bp's gradient crosses "
-                   "every stage): for bp use train.pipeline=torch_gpipe or torch_1f1b (over the same processes), "
-                   "or threads")
+        if t.pipeline in (True, "threads", "processes"):
+            _check(meth.name != "bp", f"train.pipeline={'true' if t.pipeline is True else t.pipeline} needs a "
+                   "decoupled method (bp's gradient crosses every stage): for bp use train.pipeline=torch_gpipe or "
+                   "torch_1f1b under a launcher of 2 or more processes (docs/user_guide.md)")
             _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon "
                    "over a stage's replicas when there are several (the default) and cannot with one: unset "
                    "method.gather_features (false: each replica's own batch)")

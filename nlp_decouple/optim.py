@@ -106,10 +106,6 @@ class Optimization:
         self.schedulers[index].step()  # prepared: it stays put when an fp16 overflow skipped the step
         self.optimizers[index].zero_grad(set_to_none=True)
 
-    def discard(self, index: int) -> None:
-        """Drop the gradients optimizer ``index`` holds without stepping (a non-finite loss)."""
-        self.optimizers[index].zero_grad(set_to_none=True)
-
 
 def build_optimization(stages: list[nn.Module], t: TrainConfig, per_stage: bool, updates_per_epoch: int,
                        num_processes: int = 1) -> Optimization:

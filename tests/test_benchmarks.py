@@ -30,7 +30,7 @@ def script(name: str):
 @pytest.mark.parametrize("encoder", ["lstm", "transformer"])
 def test_throughput_grid_has_every_mode_and_ratios_to_bp(tmp_path, encoder):
     out = tmp_path / "tp.json"
-    modes = "bp,bp_1thread,scpl_1thread,scpl_sequential,scpl_pipeline,bp_gpipe"
+    modes = "bp,bp_1thread,scpl_1thread,scpl_sequential,scpl_pipeline"
     assert script("pipeline_throughput").main(
         ["--encoder", encoder, "--layers", "1", "2", "--batch-size", "8", "--batches", "2", "--warmup", "1",
          "--repeats", "2",

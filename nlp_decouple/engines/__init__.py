@@ -4,7 +4,6 @@ the config asks for.
 - :class:`~.sequential.Sequential`: every stage in turn in this process; data parallel over processes;
 - :class:`~.threaded.ThreadedPipeline`: a decoupled method's stages as a pipeline of worker threads, one per
   device slot (``train.pipeline=true``);
-- :class:`~.gpipe.GPipe`: ``bp`` pipelined over micro-batches (``train.pipeline=true, method.name=bp``);
 - :class:`~.processes.ProcessPipeline`: a decoupled method's stages in blocks over the ranks of a launch
   (``train.pipeline=processes``);
 - :class:`~.pipelining.TorchPipeline`: ``bp``'s groups in the same blocks over the same ranks, on
@@ -24,7 +23,6 @@ from ..errors import UserError
 from ..optim import Optimization
 from ..signals import agreed
 from .base import Engine
-from .gpipe import GPipe
 from .pipelining import TorchPipeline, build_torch_pipeline
 from .processes import PipelinePeerError, ProcessPipeline, build_process_pipeline
 from .placement import assign_devices, assign_workers, place_stages
@@ -52,28 +50,18 @@ def build_engine(cfg: Config, model: StagedClassifier, stages: list, optimizatio
         raise UserError("train.pipeline=threads runs in one process (its stages are the parallelism): launch "
                         "without --num_processes, set train.pipeline=processes for a block of stages per process "
                         "(decoupled methods), or train.pipeline=false for data parallel")
-    if model.decoupled:
-        devices = assign_devices(t.devices, len(model.stages))
-        place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
+    devices = assign_devices(t.devices, len(model.stages))  # a decoupled method (the config refuses bp here)
+    place_stages(model.stages, devices)  # also moves a carry arriving at each stage (evaluation)
 
-        def backward_and_step(k: int, loss) -> None:
-            if k in optimization.optimizer_of:  # a frozen stage has nothing to step
-                optimization.backward_and_step(optimization.optimizer_of[k], loss)
+    def backward_and_step(k: int, loss) -> None:
+        if k in optimization.optimizer_of:  # a frozen stage has nothing to step
+            optimization.backward_and_step(optimization.optimizer_of[k], loss)
 
-        workers = assign_workers(t.devices, len(model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
-        log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices], workers)
-        return ThreadedPipeline(model.stages, devices, backward_and_step, queue_size=t.queue_size,
-                                threads_per_stage=t.threads_per_stage, move_stages=False,
-                                context=accelerator.autocast, workers=workers)
-    stage = model.stages[0]
-    devices = assign_devices(t.devices, len(stage.groups))
-    first = devices[0]
-    stage.register_forward_pre_hook(  # evaluation feeds the first partition's device
-        lambda module, args, kwargs: ((args[0].to(first), *args[1:]), kwargs), with_kwargs=True)
-    log.info("pipeline: bp partitions on %s", [str(d) for d in devices])
-    return GPipe(stage, devices, t.micro_batches, backward=accelerator.backward, threads_per_partition=t.threads_per_stage,
-                 context=accelerator.autocast, queue_size=t.queue_size,
-                 step=lambda finite: optimization.step(0) if finite else optimization.discard(0), seed=seed)
+    workers = assign_workers(t.devices, len(model.stages))  # [cpu, cpu]: 2 threads, not 1 per stage
+    log.info("pipeline: stages on %s, worker threads running stages %s", [str(d) for d in devices], workers)
+    return ThreadedPipeline(model.stages, devices, backward_and_step, queue_size=t.queue_size,
+                            threads_per_stage=t.threads_per_stage, move_stages=False,
+                            context=accelerator.autocast, workers=workers)
 
 
 def prepare_stages(cfg: Config, model: StagedClassifier, optimization: Optimization, loaders,
@@ -104,7 +92,7 @@ def prepare_stages(cfg: Config, model: StagedClassifier, optimization: Optimizat
     return stages
 
 
-__all__ = ["Engine", "GPipe", "PipelineError", "PipelinePeerError", "ProcessPipeline", "Sequential", "ThreadedPipeline",
+__all__ = ["Engine", "PipelineError", "PipelinePeerError", "ProcessPipeline", "Sequential", "ThreadedPipeline",
            "TorchPipeline",
            "assign_devices", "assign_workers", "build_engine", "data_replicas", "place_stages", "prepare_stages",
            "thread_budget"]

@@ -14,7 +14,7 @@ from torch import nn
 from nlp_decouple.config import load_config
 from nlp_decouple.errors import UserError
 from nlp_decouple.classifier import StagedClassifier
-from nlp_decouple.engines import GPipe, PipelineError, ThreadedPipeline, assign_devices, assign_workers, place_stages
+from nlp_decouple.engines import PipelineError, ThreadedPipeline, assign_devices, assign_workers, place_stages
 from nlp_decouple.engines.placement import _spread
 
 VOCAB, PAD, CLASSES, MAXLEN = 40, 0, 4, 12
@@ -438,40 +438,3 @@ def test_inference_through_placed_stages(method):
         if a.logits is not None:
             assert torch.equal(a.logits, b.logits)
         assert all(torch.equal(p, q) for p, q in zip(a.pooled, b.pooled))
-
-
-# ---------------------------------------------------------------------------------------------- GPipe BP
-@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
-@pytest.mark.parametrize("micro_batches", [1, 3])
-def test_gpipe_bp_equals_plain_bp(encoder, micro_batches):
-    reference = build("bp", encoder, "model.groups=[1,1,1]")
-    model = copy.deepcopy(reference)
-    # SGD: Adam would blow float noise in gradients that are ~0 (a Transformer's key bias) up to lr-sized steps
-    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    gpipe = GPipe(model.stages[0], [CPU, CPU], micro_batches=micro_batches, threads_per_partition=1)
-    assert [len(p) for p in gpipe.partitions] == [1, 2]
-    for i, batch in enumerate(make_batches(4)):
-        out = next(reference.iter_stages(batch["input_ids"], batch["attention_mask"], batch["labels"]))
-        out.loss.backward()
-        value = gpipe.forward_backward(batch)
-        assert value == pytest.approx(float(out.loss.detach()), rel=1e-5)
-        if i == 0:
-            for (name, p), q in zip(reference.named_parameters(), model.parameters()):
-                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
-        opt_ref.step()
-        opt.step()
-        opt_ref.zero_grad()
-        opt.zero_grad()
-    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_gpipe_failure_names_the_partition():
-    model = build("bp", "lstm", "model.groups=[1,1,1]")
-    gpipe = GPipe(model.stages[0], [CPU, CPU], micro_batches=4, threads_per_partition=1)
-    gpipe.partitions[1][0] = Failing(gpipe.partitions[1][0], at=1)
-    start = time.monotonic()
-    with pytest.raises(PipelineError, match="stage 1 .*boom"):
-        gpipe.forward_backward(make_batches(1)[0])
-    assert time.monotonic() - start < 5 and not alive_pipeline_threads()

@@ -50,8 +50,8 @@ def test_stages_go_to_ranks_in_contiguous_blocks():
 
 
 def test_pipeline_values_stay_compatible():
-    assert load_config(None, ["train.pipeline=true"]).train.pipeline is True  # true = threads, as before
-    assert load_config(None, ["train.pipeline=threads"]).train.pipeline == "threads"
+    assert load_config(None, ["train.pipeline=true", "method.name=scpl"]).train.pipeline is True  # true = threads
+    assert load_config(None, ["train.pipeline=threads", "method.name=scpl"]).train.pipeline == "threads"
     assert load_config(None, ["train.pipeline=processes", "method.name=scpl"]).train.pipeline == "processes"
     with pytest.raises(UserError, match="train.pipeline"):
         load_config(None, ["train.pipeline=procs"])

@@ -44,13 +44,13 @@ def test_a_worker_per_listed_device(tmp_path):
     assert Trainer(cfg).engine.workers == [[0, 1], [2, 3]]  # 4 stages, 2 threads
 
 
-def test_pipelined_bp_matches_bp_up_to_float_rounding(tmp_path):
-    torch.set_num_threads(1)
-    common = ["method.name=bp", "model.encoder=lstm", "train.lr=1e-4"]
-    seq_w, _ = _fit(tmp_path, "seq", *common)
-    pipe_w, _ = _fit(tmp_path, "pipe", *common, "train.pipeline=true", "train.devices=cpu", "train.micro_batches=3")
-    for key in seq_w:
-        torch.testing.assert_close(pipe_w[key], seq_w[key], rtol=1e-3, atol=2e-4)
+@pytest.mark.parametrize("pipeline", ["true", "threads", "processes"])
+def test_a_stage_pipeline_refuses_bp_and_names_torch_pipelining(pipeline):
+    with pytest.raises(UserError) as info:
+        load_config("recipes/quickstart.yaml", [f"train.pipeline={pipeline}", "method.name=bp"])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"train.pipeline={pipeline} needs a decoupled method")
+    assert "train.pipeline=torch_gpipe or torch_1f1b" in message
 
 
 def test_pipeline_rejects_summed_backward():
@@ -103,13 +103,13 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def test_gpipe_runs_under_bf16_autocast(tmp_path, fresh_accelerator_state):
-    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "method.name=bp", "train.pipeline=true",
+def test_the_thread_pipeline_runs_under_bf16_autocast(tmp_path, fresh_accelerator_state):
+    cfg = load_config("recipes/quickstart.yaml", [*BASE, f"output_dir={tmp_path}", "method.name=scpl", "train.pipeline=true",
                                                   "train.devices=[cpu,cpu]", "train.mixed_precision=bf16",
                                                   "train.cpu=true"])
     trainer = Trainer(cfg)
     seen = []
-    classifier = next(m for m in trainer.model.stages[0].head.modules() if isinstance(m, torch.nn.Linear))
+    classifier = next(m for m in trainer.model.stages[-1].modules() if isinstance(m, torch.nn.Linear))
     classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     stage_losses = [losses for _, losses in trainer.engine.run(iter(trainer.loaders.train), 2, 0)]
     assert len(stage_losses) == 2 and seen and set(seen) == {torch.bfloat16}
