@@ -184,6 +184,10 @@ def build_torch_pipeline(cfg, model, optimization, accelerator, seed: Callable[[
     t = cfg.train
     world = dist.get_world_size() if dist.is_initialized() else 1
     stage = model.stages[0]
+    if _carries_extras(stage):
+        raise UserError(f"train.pipeline={t.pipeline}: this encoder's layers share a table besides the hidden states "
+                        "(DeBERTa-v2's and MPNet's relative positions), which is not sent between ranks; train bp "
+                        "with train.pipeline=false, or a decoupled method with train.pipeline=processes")
     if world < 2 or accelerator.num_processes != world:
         raise UserError(f"train.pipeline={t.pipeline} pipelines bp over the processes of a launch: start at least 2 "
                         "with torchrun --nproc_per_node N or accelerate launch --num_processes N (on a CPU machine "
@@ -213,6 +217,17 @@ def build_torch_pipeline(cfg, model, optimization, accelerator, seed: Callable[[
                            accelerator.autocast)
     accelerator.register_for_checkpointing(SplitState(engine, optimizer, scheduler))
     return engine
+
+
+def _carries_extras(stage: nn.Module) -> bool:
+    """Whether bp's groups hand each other tensors besides the hidden states and an LSTM's state, seen by
+    running the first group on one text of 2 tokens (the generators' state is left as it was)."""
+    first = stage.groups[0]
+    device = next(first.parameters()).device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        carry = first(Carry(torch.ones(1, 2, dtype=torch.long, device=device),
+                            torch.ones(1, 2, dtype=torch.bool, device=device)))
+    return bool(carry.extras)
 
 
 def clip_over_ranks(params: list[nn.Parameter], max_norm: float, transport: torch.device) -> None:

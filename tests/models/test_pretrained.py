@@ -465,3 +465,19 @@ def test_real_minilm_fine_tunes_a_few_steps_offline(tmp_path):
     results = trainer.fit()
     assert results["steps"] == 2 and results["nonfinite_steps"] == 0
     assert (cfg.run_dir() / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("family,refused", [("deberta-v2", True), ("mpnet", True), ("bert", False)])
+def test_torch_pipelines_refuse_families_that_share_tables_between_layers(hub, family, refused):
+    from nlp_decouple.engines.pipelining import build_torch_pipeline
+
+    model = build(hub[family], "bp", "model.groups=[2,1,1]")
+    cfg = load_config(None, ["method.name=bp", "train.pipeline=torch_gpipe"])
+    before = torch.random.get_rng_state()
+    with pytest.raises(UserError) as info:  # in one process: bert gets as far as the launch check
+        build_torch_pipeline(cfg, model, None, None, None, 16)
+    message = str(info.value)
+    assert ("share a table besides the hidden states" in message) == refused and "\n" not in message
+    assert refused or message.startswith("train.pipeline=torch_gpipe pipelines bp over the processes of a launch")
+    assert torch.equal(torch.random.get_rng_state(), before)
+
