@@ -12,6 +12,8 @@ Rows (check, status ok | FAIL | skip, detail):
 - ``bf16_<method>``: every method trains under ``train.mixed_precision=bf16`` with every loss finite;
 - ``throughput_<mode>``: samples/s and peak memory of bp, sequential SCPL and pipelined SCPL at the SCPL
   paper's AG News size (d=300, batch 1024, max_length 60; random tokens), from pipeline_throughput.py;
+- ``minilm_<mode>``, ``transformer12_<mode>`` and their ``_goal`` rows: one GPU, bp against sequential
+  SCPL and SCPL's thread pipeline with every stage on its own CUDA stream of that GPU (see :func:`one_gpu`);
 - ``agnews_<method>``: one epoch of ag_news_7600 (../shared) for bp and scpl: test accuracy and time.
 
 Without CUDA every row is ``skip`` (with the reason) and the exit status is 0: CI runs it that way.
@@ -98,23 +100,66 @@ def bf16(out: Path, quick: bool, method: str) -> tuple[str, str]:
                                       f"test accuracy {results['test_accuracy']:.3f}")
 
 
-def throughput(out: Path, quick: bool) -> list[tuple[str, str, str]]:
+def _bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("pipeline_throughput", REPO / "benchmarks" / "pipeline_throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _rows(report: Path, prefix: str) -> tuple[list[tuple[str, str, str]], dict]:
+    rows, by_mode = [], {}
+    for r in json.loads(report.read_text())["configs"][0]["results"]:
+        peak = "" if r["peak_memory_mb"] is None else f", peak {r['peak_memory_mb']:.0f} MiB"
+        rounds = ", ".join(f"{x:.2f}" for x in r["ratio_to_bp_rounds"])
+        rows.append((f"{prefix}_{r['mode']}", "ok",
+                     f"{r['samples_per_s']:.0f} samples/s ({r['ratio_to_bp']:.2f}x bp; rounds {rounds}){peak}"))
+        by_mode[r["mode"]] = r
+    return rows, by_mode
+
+
+def throughput(out: Path, quick: bool) -> list[tuple[str, str, str]]:
     report = out / "throughput.json"
     size = ["--batch-size", "1024", "--hidden", "300", "--batches", "20", "--repeats", "3", "--warmup", "2"]
     if quick:
         size = ["--batch-size", "32" if CPU else "256", "--hidden", "64" if CPU else "300", "--batches", "3",
                 "--repeats", "1", "--warmup", "1"]
-    bench.main(["--devices", "cpu" if CPU else "auto", "--seq-len", "60", "--layers", "2", *size,
-                "--modes", "bp,scpl_sequential,scpl_pipeline", "--out", str(report)])
-    rows = []
-    for r in json.loads(report.read_text())["configs"][0]["results"]:
-        peak = "" if r["peak_memory_mb"] is None else f", peak {r['peak_memory_mb']:.0f} MiB"
-        rows.append((f"throughput_{r['mode']}", "ok", f"{r['samples_per_s']:.0f} samples/s ({r['ratio_to_bp']:.2f}x bp){peak}"))
+    _bench().main(["--devices", "cpu" if CPU else "auto", "--seq-len", "60", "--layers", "2", *size,
+                   "--modes", "bp,scpl_sequential,scpl_pipeline", "--out", str(report)])
+    return _rows(report, "throughput")[0]
+
+
+def one_gpu(out: Path, quick: bool, model: str) -> list[tuple[str, str, str]]:
+    """One GPU, the trainer's engines at a size that fills it: ``minilm`` (the pretrained MiniLM, 6 layers in
+    2 groups, batch 128, 128 tokens) and ``transformer12`` (12 layers, d = 768, 12 heads, 4 groups of 3,
+    batch 64, 256 tokens). Sequential SCPL against BP (goal for the MiniLM: a step at most 1.1x BP's,
+    i.e. samples/s >= 0.91x) and SCPL's thread pipeline with each stage on its own CUDA stream of the same
+    GPU (goal for the 12-layer model: >= 1.0x BP). torch-pipelined BP needs a rank per GPU (NCCL): not here."""
+    report = out / f"{model}.json"
+    gpu = "cpu,cpu" if CPU else "cuda:0,cuda:0"
+    if model == "minilm":
+        shape = ["--encoder", "minilm", "--layers", "6", "--groups", "2", "--batch-size", "128", "--seq-len", "128"]
+        goal_mode, goal = "scpl_sequential", 1 / 1.1
+    else:
+        shape = ["--encoder", "transformer", "--layers", "12", "--groups", "4", "--hidden", "768", "--heads", "12",
+                 "--batch-size", "64", "--seq-len", "256"]
+        goal_mode, goal = "scpl_pipeline", 1.0
+        gpu = ",".join([gpu.split(",")[0]] * 4)
+    if quick:
+        shape = [*shape[:shape.index("--batch-size")], "--batch-size", "8", "--seq-len", "16"]
+        if model == "transformer12":
+            shape[shape.index("--hidden") + 1], shape[shape.index("--heads") + 1] = "64", "4"
+    timing = ["--batches", "3", "--repeats", "1", "--warmup", "1"] if quick else ["--batches", "20", "--repeats", "3",
+                                                                                   "--warmup", "3"]
+    _bench().main(["--devices", gpu, *shape, *timing, "--modes", "bp,scpl_sequential,scpl_pipeline",
+                   "--out", str(report)])
+    rows, by_mode = _rows(report, model)
+    ratio = by_mode[goal_mode]["ratio_to_bp"]
+    status = "ok" if quick or CPU or ratio >= goal else "FAIL"
+    rows.append((f"{model}_goal", status, f"{goal_mode} {ratio:.2f}x bp, goal >= {goal:.2f}x"
+                 + (" (not judged at --quick sizes)" if quick or CPU else "")))
     return rows
 
 
@@ -151,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = [("thread_pipeline", thread_pipeline), ("process_pipeline", process_pipeline)]
     checks += [(f"bf16_{m}", lambda out, quick, m=m: bf16(out, quick, m)) for m in METHODS]
     checks += [("throughput", throughput)]
+    checks += [(f"one_gpu_{m}", lambda out, quick, m=m: one_gpu(out, quick, m)) for m in ("minilm", "transformer12")]
     checks += [(f"agnews_{m}", lambda out, quick, m=m: agnews(out, quick, m)) for m in ("bp", "scpl")]
     if args.only:  # one check in this (fresh) process: Accelerate's state is per process, set once
         check = dict(checks)[args.only]
