@@ -6,6 +6,9 @@ target validation accuracy, and a PNG (mean over seeds, band: min-max).
 
     python benchmarks/time_to_accuracy.py benchmarks/out/runs_lstm_mlp/agnews-lstm-{bp,scpl}-seed* \
         --targets 0.75 0.80 --out benchmarks/out/time_to_accuracy_lstm.json --png docs/img/time_to_accuracy_lstm.png
+
+``--of-best bp 0.99`` adds the target 0.99 x BP's best validation accuracy (the mean over BP's seeds of each
+seed's best) and, per method, each seed's time to it and the ratio of the mean time to BP's.
 """
 from __future__ import annotations
 
@@ -40,8 +43,19 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.75, 0.8])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--png", type=Path, required=True)
+    parser.add_argument("--of-best", nargs=2, metavar=("METHOD", "FRACTION"),
+                        help="also the target FRACTION x METHOD's best validation accuracy (mean over its seeds)")
     args = parser.parse_args()
     curves = [curve(r) for r in args.runs]
+    relative = None
+    if args.of_best:
+        method, fraction = args.of_best[0], float(args.of_best[1])
+        bests = [max(c["validation_accuracy"]) for c in curves if c["method"] == method]
+        if not bests:
+            parser.error(f"--of-best {method}: none of the runs trained {method}")
+        relative = {"method": method, "fraction": fraction, "best_mean": statistics.fmean(bests),
+                    "target": fraction * statistics.fmean(bests)}
+        args.targets = [*args.targets, relative["target"]]
     keys = sorted({(c["encoder"], c["method"]) for c in curves})
     summary = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -59,7 +73,17 @@ def main() -> None:
             reached = [time_to(c, target) for c in group]
             row[f"time_to_{target:g}_s"] = statistics.fmean(reached) if all(r is not None for r in reached) else None
             row[f"seeds_reaching_{target:g}"] = sum(r is not None for r in reached)
+        if relative:
+            times = [time_to(c, relative["target"]) for c in group]
+            row["of_best"] = {"seed_times_s": times,
+                              "mean_s": statistics.fmean(times) if all(t is not None for t in times) else None}
         summary.append(row)
+    if relative:
+        ref = [r["of_best"]["mean_s"] for r in summary if r["method"] == relative["method"]]
+        for row in summary:
+            mine = row["of_best"]["mean_s"]
+            row["of_best"]["ratio_to_" + relative["method"]] = (mine / ref[0] if ref and ref[0] and mine is not None
+                                                                else None)
     for target in args.targets:
         ax.axhline(100 * target, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("training time, s (evaluation excluded)")
@@ -70,7 +94,8 @@ def main() -> None:
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=120)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"targets": args.targets, "summary": summary, "curves": curves}, indent=2))
+    args.out.write_text(json.dumps({"targets": args.targets, "of_best": relative, "summary": summary, "curves": curves},
+                                   indent=2))
     print(json.dumps(summary, indent=2))
 
 

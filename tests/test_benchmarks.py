@@ -71,6 +71,25 @@ def test_time_to_accuracy_reads_finished_runs(tiny_sweep, tmp_path, monkeypatch)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_time_to_a_fraction_of_bps_best(tiny_sweep, tmp_path, monkeypatch):
+    runs = [str(tiny_sweep / f"{m}-seed{s}") for m in ("bp", "al") for s in SWEEP_SEEDS]
+    out, png = tmp_path / "tta.json", tmp_path / "tta.png"
+    monkeypatch.setattr(sys, "argv", ["tta", *runs, "--of-best", "bp", "0.9", "--out", str(out), "--png", str(png)])
+    script("time_to_accuracy").main()
+    report = json.loads(out.read_text())
+    curves = {(c["method"], c["seed"]): c for c in report["curves"]}
+    best = sum(max(curves["bp", s]["validation_accuracy"]) for s in SWEEP_SEEDS) / len(SWEEP_SEEDS)
+    assert report["of_best"]["target"] == pytest.approx(0.9 * best)
+    rows = {r["method"]: r["of_best"] for r in report["summary"]}
+    for method, row in rows.items():
+        want = [next((t for t, a in zip(curves[method, s]["time_s"], curves[method, s]["validation_accuracy"])
+                      if a >= 0.9 * best), None) for s in SWEEP_SEEDS]
+        assert row["seed_times_s"] == want
+    assert rows["bp"]["ratio_to_bp"] == 1.0  # 0.9 x its own best: every bp seed gets there
+    if rows["al"]["mean_s"] is not None:
+        assert rows["al"]["ratio_to_bp"] == pytest.approx(rows["al"]["mean_s"] / rows["bp"]["mean_s"])
+
+
 def test_process_pipeline_mode_trains_exactly_as_sequential_scpl(tmp_path):
     out = tmp_path / "pp.json"
     assert script("pipeline_throughput").main(
