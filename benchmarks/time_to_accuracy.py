@@ -7,8 +7,8 @@ target validation accuracy, and a PNG (mean over seeds, band: min-max).
     python benchmarks/time_to_accuracy.py benchmarks/out/runs_lstm_mlp/agnews-lstm-{bp,scpl}-seed* \
         --targets 0.75 0.80 --out benchmarks/out/time_to_accuracy_lstm.json --png docs/img/time_to_accuracy_lstm.png
 
-``--of-best bp 0.99`` adds the target 0.99 x BP's best validation accuracy (the mean over BP's seeds of each
-seed's best) and, per method, each seed's time to it and the ratio of the mean time to BP's.
+``--of-best bp 0.99`` adds, per encoder, the target 0.99 x BP's best validation accuracy (the mean over BP's
+seeds of each seed's best) and, per method, each seed's time to it and the ratio of the mean time to BP's.
 """
 from __future__ import annotations
 
@@ -47,15 +47,19 @@ def main() -> None:
                         help="also the target FRACTION x METHOD's best validation accuracy (mean over its seeds)")
     args = parser.parse_args()
     curves = [curve(r) for r in args.runs]
-    relative = None
+    relative = {}  # encoder -> the --of-best target of that encoder's runs
     if args.of_best:
-        method, fraction = args.of_best[0], float(args.of_best[1])
-        bests = [max(c["validation_accuracy"]) for c in curves if c["method"] == method]
-        if not bests:
-            parser.error(f"--of-best {method}: none of the runs trained {method}")
-        relative = {"method": method, "fraction": fraction, "best_mean": statistics.fmean(bests),
-                    "target": fraction * statistics.fmean(bests)}
-        args.targets = [*args.targets, relative["target"]]
+        method = args.of_best[0]
+        try:
+            fraction = float(args.of_best[1])
+        except ValueError:
+            parser.error(f"--of-best {method} {args.of_best[1]}: FRACTION must be a number, e.g. 0.99")
+        for encoder in sorted({c["encoder"] for c in curves}):
+            bests = [max(c["validation_accuracy"]) for c in curves if c["method"] == method and c["encoder"] == encoder]
+            if not bests:
+                parser.error(f"--of-best {method}: no {encoder} run trained {method}")
+            relative[encoder] = {"method": method, "fraction": fraction, "best_mean": statistics.fmean(bests),
+                                 "target": fraction * statistics.fmean(bests)}
     keys = sorted({(c["encoder"], c["method"]) for c in curves})
     summary = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -74,17 +78,17 @@ def main() -> None:
             row[f"time_to_{target:g}_s"] = statistics.fmean(reached) if all(r is not None for r in reached) else None
             row[f"seeds_reaching_{target:g}"] = sum(r is not None for r in reached)
         if relative:
-            times = [time_to(c, relative["target"]) for c in group]
-            row["of_best"] = {"seed_times_s": times,
+            target = relative[key[0]]["target"]
+            times = [time_to(c, target) for c in group]
+            row["of_best"] = {"target": target, "seed_times_s": times,
                               "mean_s": statistics.fmean(times) if all(t is not None for t in times) else None}
         summary.append(row)
-    if relative:
-        ref = [r["of_best"]["mean_s"] for r in summary if r["method"] == relative["method"]]
-        for row in summary:
-            mine = row["of_best"]["mean_s"]
-            row["of_best"]["ratio_to_" + relative["method"]] = (mine / ref[0] if ref and ref[0] and mine is not None
-                                                                else None)
-    for target in args.targets:
+    for row in summary if relative else []:  # against the reference method of the same encoder
+        method = relative[row["encoder"]]["method"]
+        ref = next(r["of_best"]["mean_s"] for r in summary if (r["encoder"], r["method"]) == (row["encoder"], method))
+        mine = row["of_best"]["mean_s"]
+        row["of_best"]["ratio_to_" + method] = mine / ref if ref and mine is not None else None
+    for target in [*args.targets, *(r["target"] for r in relative.values())]:
         ax.axhline(100 * target, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("training time, s (evaluation excluded)")
     ax.set_ylabel("validation accuracy %")
@@ -94,7 +98,7 @@ def main() -> None:
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=120)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"targets": args.targets, "of_best": relative, "summary": summary, "curves": curves},
+    args.out.write_text(json.dumps({"targets": args.targets, "of_best": relative or None, "summary": summary, "curves": curves},
                                    indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -280,6 +280,7 @@ class Config(_Section):
             _check(meth.name != "bp", f"train.pipeline={'true' if t.pipeline is True else t.pipeline} needs a "
                    "decoupled method (bp's gradient crosses every stage): for bp use train.pipeline=torch_gpipe or "
                    "torch_1f1b under a launcher of 2 or more processes (docs/user_guide.md)")
+        if t.pipeline == "processes":
             _check(not meth.gather_features, "method.gather_features=true: train.pipeline=processes pools SupCon "
                    "over a stage's replicas when there are several (the default) and cannot with one: unset "
                    "method.gather_features (false: each replica's own batch)")
@@ -342,12 +343,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
-    key = key.strip()
-    if not value.strip():
+    key, value = key.strip(), value.strip()
+    if not value:
         return key, None
-    parsed = _yaml_scalar(value)
-    return key, (value if parsed is not None and key in _TEXT_KEYS and not isinstance(parsed, (dict, list))
-                 else parsed)
+    parsed = _yaml_scalar(value)  # a quoted text loses its quotes here
+    return key, (value if key in _TEXT_KEYS and isinstance(parsed, (int, float, bool)) else parsed)
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -224,7 +224,8 @@ def _carries_extras(stage: nn.Module) -> bool:
     running the first group on one text of 2 tokens (the generators' state is left as it was)."""
     first = stage.groups[0]
     device = next(first.parameters()).device
-    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.no_grad(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device],
+                                                device_type="cuda" if device.type == "cpu" else device.type):
         carry = first(Carry(torch.ones(1, 2, dtype=torch.long, device=device),
                             torch.ones(1, 2, dtype=torch.bool, device=device)))
     return bool(carry.extras)

@@ -109,7 +109,7 @@ def test_the_thread_pipeline_runs_under_bf16_autocast(tmp_path, fresh_accelerato
                                                   "train.cpu=true"])
     trainer = Trainer(cfg)
     seen = []
-    classifier = next(m for m in trainer.model.stages[-1].modules() if isinstance(m, torch.nn.Linear))
-    classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    exit_linear = next(m for m in trainer.model.stages[-1].head.modules() if isinstance(m, torch.nn.Linear))
+    exit_linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     stage_losses = [losses for _, losses in trainer.engine.run(iter(trainer.loaders.train), 2, 0)]
     assert len(stage_losses) == 2 and seen and set(seen) == {torch.bfloat16}
