@@ -153,6 +153,37 @@ def test_gpu_checks_one_gpu_rows_run_on_the_cpu_and_report_their_goal():
     assert rows[-1][2].startswith("scpl_pipeline ") and "goal >= 1.00x (not judged at --quick sizes)" in rows[-1][2]
 
 
+@pytest.mark.parametrize("method", ["bp", "scpl"])
+def test_a_constant_lr_runs_first_epochs_do_not_depend_on_its_budget(tmp_path, method):
+    """What plot_epoch_budget relies on: the first k epochs of an N-epoch run are a k-epoch run."""
+    from nlp_decouple.trainer import Trainer
+
+    base = ["train.progress=false", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
+            "model.num_layers=2", "data.synthetic_train_size=300", "data.synthetic_test_size=50",
+            "train.batch_size=32", "eval.probe_samples=50", f"method.name={method}", f"output_dir={tmp_path}"]
+    curves = {}
+    for epochs in (2, 3):
+        Trainer(load_config(REPO / "recipes" / "quickstart.yaml", [*base, f"train.epochs={epochs}",
+                                                                  f"run_name=e{epochs}"])).fit()
+        rows = [json.loads(line) for line in (tmp_path / f"e{epochs}" / "metrics.jsonl").read_text().splitlines()]
+        curves[epochs] = [(r["validation"]["accuracy"], [g.get("validation") for g in r.get("groups") or []])
+                          for r in rows]
+    assert len(curves[3]) == 3 and curves[3][:2] == curves[2]
+
+
+def test_epoch_budget_curves_are_best_so_far_of_the_longest_run(tmp_path):
+    plot = script("plot_epoch_budget")
+    rows = {"a": {"cell": "c", "method": "bp", "vary": "train.epochs", "curve": [0.5, 0.7, 0.6, 0.8]},
+            "b": {"cell": "c", "method": "bp", "vary": "train.epochs", "curve": [0.9]},  # shorter: not kept
+            "c": {"cell": "c", "method": "scpl", "vary": "train.epochs", "curve": [0.6, 0.55, 0.65]},
+            "d": {"cell": "c", "method": "scpl", "vary": "train.lr", "curve": [0.99]}}
+    assert plot.budget_curves(rows) == {"c": {"bp": [0.5, 0.7, 0.7, 0.8], "scpl": [0.6, 0.6, 0.65]}}
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    assert plot.main([str(path), "--budgets", "1", "3", "--png", str(tmp_path / "eb.png")]) == 0
+    assert (tmp_path / "eb.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_tfidf_floor_chooses_c_on_validation_and_scores_the_runs_splits(tmp_path):
     out = tmp_path / "floor.json"
     overrides = ["data.synthetic_train_size=600", "data.synthetic_test_size=300"]
