@@ -138,23 +138,20 @@ def one_gpu(out: Path, quick: bool, model: str) -> list[tuple[str, str, str]]:
     i.e. samples/s >= 0.91x) and SCPL's thread pipeline with each stage on its own CUDA stream of the same
     GPU (goal for the 12-layer model: >= 1.0x BP). torch-pipelined BP needs a rank per GPU (NCCL): not here."""
     report = out / f"{model}.json"
-    gpu = "cpu,cpu" if CPU else "cuda:0,cuda:0"
     if model == "minilm":
-        shape = ["--encoder", "minilm", "--layers", "6", "--groups", "2", "--batch-size", "128", "--seq-len", "128"]
-        goal_mode, goal = "scpl_sequential", 1 / 1.1
+        groups, goal_mode, goal = 2, "scpl_sequential", 1 / 1.1
+        shape = ["--encoder", "minilm", "--layers", "6"]
+        batch, tokens = (8, 16) if quick else (128, 128)
     else:
-        shape = ["--encoder", "transformer", "--layers", "12", "--groups", "4", "--hidden", "768", "--heads", "12",
-                 "--batch-size", "64", "--seq-len", "256"]
-        goal_mode, goal = "scpl_pipeline", 1.0
-        gpu = ",".join([gpu.split(",")[0]] * 4)
-    if quick:
-        shape = [*shape[:shape.index("--batch-size")], "--batch-size", "8", "--seq-len", "16"]
-        if model == "transformer12":
-            shape[shape.index("--hidden") + 1], shape[shape.index("--heads") + 1] = "64", "4"
-    timing = ["--batches", "3", "--repeats", "1", "--warmup", "1"] if quick else ["--batches", "20", "--repeats", "3",
-                                                                                   "--warmup", "3"]
-    _bench().main(["--devices", gpu, *shape, *timing, "--modes", "bp,scpl_sequential,scpl_pipeline",
-                   "--out", str(report)])
+        groups, goal_mode, goal = 4, "scpl_pipeline", 1.0
+        hidden, heads = (64, 4) if quick else (768, 12)
+        shape = ["--encoder", "transformer", "--layers", "12", "--hidden", str(hidden), "--heads", str(heads)]
+        batch, tokens = (8, 16) if quick else (64, 256)
+    devices = ",".join(["cpu" if CPU else "cuda:0"] * groups)  # a stream per stage on the one GPU
+    batches, repeats, warmup = (3, 1, 1) if quick else (20, 3, 3)
+    _bench().main(["--devices", devices, *shape, "--groups", str(groups), "--batch-size", str(batch),
+                   "--seq-len", str(tokens), "--batches", str(batches), "--repeats", str(repeats),
+                   "--warmup", str(warmup), "--modes", "bp,scpl_sequential,scpl_pipeline", "--out", str(report)])
     rows, by_mode = _rows(report, model)
     ratio = by_mode[goal_mode]["ratio_to_bp"]
     status = "ok" if quick or CPU or ratio >= goal else "FAIL"

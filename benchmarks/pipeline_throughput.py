@@ -91,14 +91,13 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def build(args, method: str, layers: int) -> StagedClassifier:
+    overrides = [f"model.num_layers={layers}", f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
     if args.encoder == "minilm":  # the pretrained model from the Hub (cache), its first ``layers`` layers
-        overrides = ["model.encoder=pretrained", f"model.pretrained={MINILM}", f"model.num_layers={layers}",
-                     f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}",
-                     "method.projection=mlp_bn"]  # as recipes/agnews_minilm.yaml
+        overrides += ["model.encoder=pretrained", f"model.pretrained={MINILM}",
+                      "method.projection=mlp_bn"]  # as recipes/agnews_minilm.yaml
     else:
-        overrides = [f"model.encoder={args.encoder}", f"model.num_layers={layers}", f"model.hidden_size={args.hidden}",
-                     f"model.num_heads={args.heads}", f"model.ffn_size={2 * args.hidden}",
-                     f"model.groups={args.groups}", "model.dropout=0", f"method.name={method}"]
+        overrides += [f"model.encoder={args.encoder}", f"model.hidden_size={args.hidden}", f"model.num_heads={args.heads}",
+                      f"model.ffn_size={2 * args.hidden}"]
     cfg = load_config(None, overrides)
     torch.manual_seed(args.seed)
     model = StagedClassifier.from_config(cfg, args.vocab, 0, args.classes, args.seq_len)

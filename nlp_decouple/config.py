@@ -276,8 +276,9 @@ class Config(_Section):
                "e.g. data.samples_per_class=4 with a batch of 128")
         _check(not t.pipeline or meth.name == "bp" or meth.backward == "per_group",
                "train.pipeline steps each stage on its own: use method.backward=per_group")
-        if t.pipeline in (True, "threads", "processes"):
-            _check(meth.name != "bp", f"train.pipeline={'true' if t.pipeline is True else t.pipeline} needs a "
+        decoupled = METHODS[meth.name].decoupled
+        if t.pipeline and t.pipeline not in TORCH_PIPELINES:  # threads or processes: a stage per group
+            _check(decoupled, f"train.pipeline={'true' if t.pipeline is True else t.pipeline} needs a "
                    "decoupled method (bp's gradient crosses every stage): for bp use train.pipeline=torch_gpipe or "
                    "torch_1f1b under a launcher of 2 or more processes (docs/user_guide.md)")
         if t.pipeline == "processes":
@@ -285,7 +286,7 @@ class Config(_Section):
                    "over a stage's replicas when there are several (the default) and cannot with one: unset "
                    "method.gather_features (false: each replica's own batch)")
         if t.pipeline in TORCH_PIPELINES:
-            _check(meth.name == "bp", f"train.pipeline={t.pipeline} pipelines bp (one backward through every "
+            _check(not decoupled, f"train.pipeline={t.pipeline} pipelines bp (one backward through every "
                    f"group): set method.name=bp, or train.pipeline=processes for {meth.name}")
         _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
                "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "
