@@ -418,3 +418,25 @@ def test_step_overhead_cells_are_the_protocol_cells(cell):
             assert (cfg.model.lstm_pooling, cfg.method.projection) == ("last", "identity")
     with pytest.raises(SystemExit, match="unknown cell"):
         step_overhead.cell_overrides("gru", Path("../shared"), 32)
+
+
+def test_reverdict_rereads_old_tables_by_the_t_test_rule(tmp_path):
+    from scipy.stats import ttest_1samp
+
+    reverdict = script("reverdict")
+    old = lambda label, diffs, verdict: {"label": label, "vs_bp": {  # noqa: E731 - a row as old reports wrote it
+        "seeds": [0, 1, 2], "test_accuracy_diff": diffs, "interval": [-1.85, -0.11], "verdict": verdict}}
+    table = {"rows": [{"label": "BP", "vs_bp": None}, old("DeInfoReg", [-0.77, -0.58, -1.62], "lower"),
+                      old("SCPL", [6.05, 5.56, 5.47], "higher")]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"note": "two tables in one file", "a": table, "b": {"rows": table["rows"][:2]}}))
+    out = tmp_path / "re.json"
+    assert reverdict.main([str(path), "--out", str(out)]) == 0
+    tables = json.loads(out.read_text())["tables"]
+    a, b = tables[f"{path}:a"], tables[f"{path}:b"]
+    # the bootstrap's "lower" is a 3-seed artefact: the 95% t interval is [-2.36, +0.39]
+    assert a[0]["test"]["t_ci95"] == pytest.approx([-2.36, 0.39], abs=0.01) and a[0]["verdict"] == "inconclusive"
+    assert a[0]["old_verdict"] == "lower" and a[1]["verdict"] == "higher"
+    raw = [ttest_1samp(d, 0).pvalue for d in ([-0.77, -0.58, -1.62], [6.05, 5.56, 5.47])]
+    assert a[1]["test"]["p_difference_holm"] == pytest.approx(2 * min(raw))  # Holm over the table's two
+    assert b[0]["test"]["p_difference_holm"] == pytest.approx(raw[0])  # each table its own family
