@@ -440,3 +440,27 @@ def test_reverdict_rereads_old_tables_by_the_t_test_rule(tmp_path):
     raw = [ttest_1samp(d, 0).pvalue for d in ([-0.77, -0.58, -1.62], [6.05, 5.56, 5.47])]
     assert a[1]["test"]["p_difference_holm"] == pytest.approx(2 * min(raw))  # Holm over the table's two
     assert b[0]["test"]["p_difference_holm"] == pytest.approx(raw[0])  # each table its own family
+
+
+def test_sensitivity_panels_take_runs_one_setting_from_the_recipe(tmp_path):
+    plot = script("plot_sensitivity")
+    recipe = "recipes/agnews_transformer.yaml"
+    row = lambda method, fixed, vary, value, acc: {  # noqa: E731 - one sensitivity.py row
+        "cell": "debian", "method": method, "recipe": recipe, "fixed": fixed, "vary": vary, "value": value,
+        "best_val_acc": acc}
+    old = {"a": row("scpl", ["model.norm=pre"], "train.lr", "1e-2", 0.65),  # the recipe's own run, named
+           "b": row("scpl", [], "train.lr", "3e-3", 0.50)}  # unnamed: post-norm then, two settings off
+    new = {"c": row("scpl", [], "method.temperature", "0.5", 0.60),
+           "d": row("scpl", ["train.lr=3e-3"], "method.temperature", "0.2", 0.40),  # lr and τ off: no panel
+           "e": row("bp", [], "train.lr", "3e-3", 0.70),
+           "f": row("scpl", [], "train.epochs", "20", 0.99)}  # the epoch budget has its own plot
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    rows = plot.read_runs([f"{tmp_path / 'old.json'}@model.norm=post", str(tmp_path / "new.json")])
+    values = plot.recipe_values(["model.norm=pre", "method.temperature=0.1", "scpl:train.lr=1e-2", "bp:train.lr=3e-3"])
+    got = plot.points(rows, recipe, ["train.lr", "method.temperature"], values)
+    assert got[("train.lr", "debian")] == {"scpl": {0.01: [65.0]}, "bp": {0.003: [70.0]}}
+    assert got[("method.temperature", "debian")] == {"scpl": {0.1: [65.0], 0.5: [60.0]}, "bp": {0.1: [70.0]}}
+    png = tmp_path / "s.png"
+    assert plot.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--recipe-value", "scpl:train.lr=1e-2",
+                      "--png", str(png)]) == 0 and png.stat().st_size > 0
