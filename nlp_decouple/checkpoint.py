@@ -59,6 +59,11 @@ def find_resume_point(resume: str, root: Path) -> Path | None:
     return path
 
 
+class CheckpointMismatch(UserError):
+    """A checkpoint that this run may not continue: made by other code, on other data, with another config,
+    or for another model."""
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict, other_versions: bool = False) -> dict:
     """Load the checkpoint into the prepared objects and return its trainer state; refuse one made with
     another identity (see ``trainer.checkpoint_identity``), naming the first differences, or by other code
@@ -68,17 +73,17 @@ def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict, other_
     versions = {k: saved.pop(k, None) for k in ("code", "data")}
     stale = stale_reason(versions, {k: identity.pop(k) for k in ("code", "data")})
     if stale and not other_versions:
-        raise UserError(f"checkpoint {str(path)!r} was made {stale}: start afresh with a new run_name, or resume "
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} was made {stale}: start afresh with a new run_name, or resume "
                         "it anyway with train.resume_other_versions=true")
     diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in diff[:3])
-        raise UserError(f"checkpoint {str(path)!r} was made with a different config ({shown}); resume with the same "
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} was made with a different config ({shown}); resume with the same "
                         "settings, or give a new output_dir/run_name to start afresh")
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError) as err:
-        raise UserError(f"checkpoint {str(path)!r} does not fit this model ({str(err).splitlines()[0][:160]}); "
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} does not fit this model ({str(err).splitlines()[0][:160]}); "
                         "start afresh with a new run_name") from None
     return state
 

@@ -3,13 +3,15 @@
 Resuming after a kill: a tune holds an exclusive lock on ``OUT/tune.lock`` while it runs (the kernel drops
 it when the process dies, even on SIGKILL), so a trial found RUNNING by a tune that got the lock was left
 by a dead process. It is marked failed and its values queued again (the role of Optuna's heartbeat and
-RetryFailedTrialCallback, but without waiting out a grace period). Then the study runs until ``trials``
-trials have finished (complete or pruned).
+RetryFailedTrialCallback, but without waiting out a grace period); the queued trial continues the cut-short
+runs from their newest checkpoints (the trainer's exact resume), so a kill costs at most the epoch under
+way. Then the study runs until ``trials`` trials have finished (complete or pruned).
 """
 from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import logging
 import math
 import os
@@ -83,6 +85,16 @@ def open_study(out: Path, name: str, create: bool = True) -> optuna.Study:
         raise UserError(f"{out / 'study.db'} has no study {name!r}: run tune for it first") from None
 
 
+RUN_DIR = "run_dir_seed"  # a trial's user attribute per tuning seed: RUN_DIR + seed -> its run folder
+
+
+def retry(study: optuna.Study, trial, retries: int) -> None:
+    """Queue ``trial``'s values again, the new trial to continue its runs (``resume_runs``: seed -> folder)."""
+    runs = {key[len(RUN_DIR):]: value for key, value in trial.user_attrs.items() if key.startswith(RUN_DIR)}
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.user_attrs.get("retry_of", trial.number),
+                                                  "retries": retries, "resume_runs": runs})
+
+
 def retry_orphans(study: optuna.Study) -> list[int]:
     """Fail the trials a killed tune left RUNNING and queue their values again; call with the lock held."""
     storage, retried = study._storage, []  # Optuna's public API cannot fail a trial of another process
@@ -91,8 +103,7 @@ def retry_orphans(study: optuna.Study) -> list[int]:
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         retries = trial.user_attrs.get("retries", 0)
         if retries < MAX_RETRIES:
-            original = trial.user_attrs.get("retry_of", trial.number)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": original, "retries": retries + 1})
+            retry(study, trial, retries + 1)
             retried.append(trial.number)
     return retried
 
@@ -133,38 +144,83 @@ def objective(spec: MethodStudy, trial: optuna.Trial) -> float:
         except UserError as err:
             raise UserError(f"{spec.method} trial {trial.number} drew settings that are not valid together "
                             f"({err}); narrow the space") from None
+    resume_runs = trial.user_attrs.get("resume_runs", {})
     scores, epochs = [], configs[0].train.epochs
     for index, cfg in enumerate(configs):
-        if cfg.run_dir().exists():  # left by an earlier study in this folder: trial numbers restart with it
-            shutil.rmtree(cfg.run_dir())
-        trial.set_user_attr(f"run_dir_seed{cfg.train.seed}", str(cfg.run_dir()))
-        best = []
+        cut_short = resume_runs.get(str(cfg.train.seed))
+        if take_over(Path(cut_short) if cut_short else None, cfg.run_dir()):
+            cfg = load_config(spec.recipe, [*spec.overrides(params, trial.number, cfg.train.seed), "train.resume=auto"])
+        trial.set_user_attr(f"{RUN_DIR}{cfg.train.seed}", str(cfg.run_dir()))
+        best: list[float] = []
 
-        def report(row: dict, offset: int = index * epochs) -> None:
+        def record(row: dict, offset: int = index * epochs) -> None:
             accuracy = row["validation"]["accuracy"]
             best.append(accuracy)
             trial.report(accuracy, offset + row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at epoch {row['epoch']}")
 
+        def report(row: dict, run_dir: Path = cfg.run_dir()) -> None:
+            if not best:  # a resumed run reports from after its checkpoint: the epochs before it come first
+                for earlier in epoch_rows(run_dir):
+                    if earlier["epoch"] < row["epoch"]:
+                        record(earlier)
+            record(row)
+
+        interrupted = False
         try:
-            train_one(cfg, report)
+            run_seed(cfg, report)
         except NonFiniteLoss as err:  # diverged: these settings lose, like a pruned trial
             trial.set_user_attr("stopped", str(err).split(";")[0])
             raise optuna.TrialPruned("non-finite loss") from None
         except UserError as err:
             # the trainer's answer to SIGINT/SIGTERM (a UserError "stopped by ..."): not the settings' fault, so
-            # the next tune runs them again
+            # the next tune runs them again, from this run's checkpoint
             if not str(err).startswith("stopped by"):
                 raise UserError(f"{spec.method} trial {trial.number}: {err}") from None
-            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number, "retries": 0})
+            interrupted = True
+            retry(trial.study, trial, 0)
             raise UserError(f"{str(err).split(';')[0]} during {spec.method} trial {trial.number}: rerun the same "
-                            "tune command to go on (finished trials are kept, this one runs again)") from None
-        finally:  # a trial is never resumed, and its model is not what tuning delivers: keep only best/
-            for tag in ("checkpoints", "last"):
-                shutil.rmtree(cfg.run_dir() / tag, ignore_errors=True)
+                            "tune command to go on (finished trials are kept, this one continues)") from None
+        finally:  # a finished trial's model is not what tuning delivers: keep only best/
+            if not interrupted:
+                for tag in ("checkpoints", "last"):
+                    shutil.rmtree(cfg.run_dir() / tag, ignore_errors=True)
+        best = [row["validation"]["accuracy"] for row in epoch_rows(cfg.run_dir())] or best  # a run resumed at its end
         scores.append(max(best, default=float("nan")))
     return sum(scores) / len(scores) if all(map(math.isfinite, scores)) else float("nan")
+
+
+def take_over(cut_short: Path | None, run_dir: Path) -> bool:
+    """Move a cut-short run with checkpoints to ``run_dir`` (True: the run continues there); else clear
+    ``run_dir`` of what an earlier study left (trial numbers restart with a new study) and start afresh."""
+    if cut_short is not None and (cut_short / "checkpoints").is_dir():
+        if cut_short.resolve() != run_dir.resolve():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            cut_short.rename(run_dir)
+        log.info("continuing the cut-short run in %s from its newest checkpoint", run_dir)
+        return True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return False
+
+
+def run_seed(cfg, on_epoch) -> None:
+    """One seed's run; a cut-short run whose checkpoint this code may not continue starts afresh."""
+    from ..checkpoint import CheckpointMismatch
+
+    try:
+        train_one(cfg, on_epoch)
+    except CheckpointMismatch as err:
+        log.warning("%s; starting this run afresh", str(err).split(":")[0])
+        shutil.rmtree(cfg.run_dir())
+        train_one(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": None})}), on_epoch)
+
+
+def epoch_rows(run_dir: Path) -> list[dict]:
+    """The run's per-epoch rows so far (its metrics.jsonl; none before its first epoch)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def train_one(cfg, on_epoch) -> None:

@@ -176,8 +176,9 @@ def test_tune_resumes_after_sigkill(tmp_path, one_thread):
     proc = subprocess.Popen([sys.executable, "-m", "nlp_decouple.tune", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
-    try:  # kill -9 once trial 0 has finished and trial 1 has drawn its values (it is training)
-        while _trials(out / "study.db").get(1, ("", 0))[1] < 2:
+    searched = len(DEFAULT_SPACES["bp"])
+    try:  # kill -9 once trial 0 has finished and trial 1 has drawn all its values (it is training)
+        while _trials(out / "study.db").get(1, ("", 0))[1] < searched:
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             assert time.monotonic() < deadline, "tune did not reach its second trial"
             time.sleep(0.05)
@@ -209,3 +210,59 @@ def test_a_study_whose_trials_ran_other_code_is_refused_unless_asked(tmp_path, m
     with pytest.raises(tune.UserError, match="ran its trials with other code .*--reuse-other-versions"):
         tune.claim(study, RECIPE, base, space, [100], 3)
     tune.claim(study, RECIPE, base, space, [100], 3, other_versions=True)
+
+
+def test_a_trial_stopped_by_a_signal_continues_from_its_checkpoint(tmp_path, one_thread, monkeypatch):
+    from nlp_decouple.tuning import study as tuning
+
+    out = tmp_path / "sweep"
+    args = [RECIPE, "methods=bp", "trials=2", *TINY, "train.epochs=3", "--out", str(out)]
+    train_one = tuning.train_one
+
+    def stopped_in_trial_1(cfg, on_epoch):
+        def after(row):
+            on_epoch(row)
+            if cfg.run_name.startswith("trial001") and row["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the trainer stops at its next chunk, with a checkpoint
+        train_one(cfg, after)
+
+    monkeypatch.setattr(tuning, "train_one", stopped_in_trial_1)
+    assert main(args) == 2
+    stopped = out / "bp" / "trial001-seed100"
+    assert (stopped / "checkpoints").is_dir()
+    first_epoch = (stopped / "metrics.jsonl").read_text().splitlines()[0]
+    monkeypatch.setattr(tuning, "train_one", train_one)
+    assert main(args) == 0  # the same command again
+    study = optuna.load_study(study_name="bp", storage=storage_url(out))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    retry = study.trials[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.params == study.trials[1].params
+    assert sorted(retry.intermediate_values) == [1, 2, 3]  # epoch 1 from before the stop, for the pruner too
+    run = out / "bp" / "trial002-seed100"
+    assert not stopped.exists() and (run / "metrics.jsonl").read_text().splitlines()[0] == first_epoch
+    # continued exactly: the same value as the same settings trained without a stop
+    ref = load_config(RECIPE, [*TINY, "train.epochs=3", "method.name=bp", "train.seed=100", "eval.test=false",
+                               "train.progress=false", f"output_dir={tmp_path / 'ref'}", "run_name=ref",
+                               *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in retry.params.items())])
+    train_one(ref, lambda row: None)
+    assert retry.value == max(json.loads(line)["validation"]["accuracy"]
+                              for line in (tmp_path / "ref" / "ref" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_cut_short_run_this_code_may_not_continue_starts_afresh(tmp_path, one_thread, caplog):
+    from nlp_decouple.tuning.study import train_one
+
+    space = {"train.lr": parse_dim("train.lr", "log:1e-3:1e-2")}
+    spec = MethodStudy("bp", RECIPE, [*TINY, "method.name=bp"], space, [100], tmp_path)
+    other = load_config(RECIPE, [*TINY, "model.hidden_size=8", "method.name=bp", "train.seed=100",
+                                 "train.progress=false", f"output_dir={tmp_path / 'old'}", "run_name=cut"])
+    train_one(other, lambda row: None)  # a run with checkpoints, of another model size
+    assert (tmp_path / "old" / "cut" / "checkpoints").is_dir()
+    study = open_study(tmp_path, "bp")
+    study.enqueue_trial({"train.lr": 3e-3}, user_attrs={"resume_runs": {"100": str(tmp_path / "old" / "cut")}})
+    run_study(spec, study, trials=1, warmup_epochs=0)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+    assert "starting this run afresh" in caplog.text
+    run = tmp_path / "bp" / "trial000-seed100"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden_size"] == 16
