@@ -464,3 +464,25 @@ def test_sensitivity_panels_take_runs_one_setting_from_the_recipe(tmp_path):
     png = tmp_path / "s.png"
     assert plot.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--recipe-value", "scpl:train.lr=1e-2",
                       "--png", str(png)]) == 0 and png.stat().st_size > 0
+
+
+def test_time_to_bps_best_bounds_the_ratio_where_a_bp_seed_never_gets_there(tmp_path, monkeypatch):
+    def run(method, seed, accuracies):  # one epoch of 10 s each
+        folder = tmp_path / f"{method}-seed{seed}"
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_time_s": 10.0,
+                                                                  "validation": {"accuracy": a}}) + "\n"
+                                                      for e, a in enumerate(accuracies, 1)))
+        (folder / "results.json").write_text(json.dumps({"encoder": "lstm", "method": method, "seed": seed}))
+        return str(folder)
+
+    runs = [run("bp", 0, [0.5, 0.8]), run("bp", 1, [0.5, 0.6]), run("scpl", 0, [0.7, 0.7]), run("scpl", 1, [0.75, 0.5])]
+    out = tmp_path / "tta.json"
+    monkeypatch.setattr(sys, "argv", ["tta", *runs, "--of-best", "bp", "0.99", "--out", str(out), "--png",
+                                      str(tmp_path / "tta.png")])
+    script("time_to_accuracy").main()
+    rows = {r["method"]: r["of_best"] for r in json.loads(out.read_text())["summary"]}
+    assert rows["bp"]["seed_times_s"] == [20.0, None] and rows["bp"]["mean_s"] is None  # target 0.99 x 0.7
+    assert rows["bp"]["mean_s_at_least"] == 20.0  # the seed that never got there: its whole 20 s, at least
+    assert rows["scpl"]["mean_s"] == 10.0 and rows["scpl"]["ratio_to_bp"] is None
+    assert rows["scpl"]["ratio_to_bp_at_most"] == 0.5
