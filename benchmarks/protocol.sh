@@ -11,7 +11,7 @@
 # ce_weight, AL's label_dim; dropout for BP and Early Exit). Fixed: the model size (set by the CPU budget)
 # and everything else at the recipes' values: the Transformer recipes' pre-norm and mlp_bn projection were
 # chosen on validation leaving one dataset out (docs/methods.md, 'Where the recipes' defaults come from'),
-# the BiLSTM recipe keeps the package defaults (model.lstm_pooling=last, method.projection=identity), and
+# the BiLSTM recipe's masked-mean pooling was chosen on validation the same way (identity projection), and
 # SCPL's prototypes were chosen on validation (docs/scpl_study.md). Every run trains to convergence: up to
 # EPOCHS epochs, stopped after PATIENCE epochs without a validation gain.
 #

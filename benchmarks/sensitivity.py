@@ -102,10 +102,18 @@ def curves(out: Path) -> dict[tuple, dict]:
     return series
 
 
+def value_order(value: str) -> tuple:
+    """Numbers in numeric order, then words (e.g. model.lstm_pooling=mean) in alphabetical order."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def collect(args: argparse.Namespace) -> None:
     """One table per (cell, varied key, fixed settings): best validation accuracy per method and value."""
     for (cell, key, fixed), methods in sorted(curves(args.out).items()):
-        values = sorted({v for m in methods.values() for v in m}, key=float)
+        values = sorted({v for m in methods.values() for v in m}, key=value_order)
         print(f"\n{cell}  {key}  [{fixed}]")
         print("method     " + "".join(f"{v:>22}" for v in values))
         for method, by_value in sorted(methods.items()):

@@ -379,7 +379,9 @@ def test_protocol_tunes_on_validation_reports_fresh_seeds_and_refuses_runs_of_ot
         assert prov["space"]["train.lr"] == "log:0.0001:0.03" and set(prov["space"]) == {"train.lr",
                                                                                           "train.weight_decay", own}
         cfg = yaml.safe_load((cell / "tune" / f"{method}.yaml").read_text())
-        assert (cfg["model"]["lstm_pooling"], cfg["method"]["projection"]) == ("last", "identity")  # defaults
+        recipe = load_config(REPO / "recipes" / "agnews_lstm.yaml")  # fixed at the recipe's chosen values
+        assert (cfg["model"]["lstm_pooling"], cfg["method"]["projection"]) == (recipe.model.lstm_pooling,
+                                                                               recipe.method.projection)
         assert (cfg["train"]["epochs"], cfg["train"]["early_stopping_patience"]) == (2, 1)
         for seed in (10, 11):
             results = json.loads((cell / "seeds" / method / f"{method}-seed{seed}" / "results.json").read_text())
