@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sensitivity import as_number  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,15 +34,8 @@ def recipe_values(items: list[str]) -> dict[str | None, dict[str, float | str]]:
     for item in items:
         scope, _, setting = item.rpartition(":")
         key, _, value = setting.partition("=")
-        out.setdefault(scope or None, {})[key] = _number(value)
+        out.setdefault(scope or None, {})[key] = as_number(value)
     return out
-
-
-def _number(value: str):
-    try:
-        return float(value)
-    except ValueError:
-        return value
 
 
 def read_runs(specs: list[str]) -> dict:
@@ -60,7 +57,7 @@ def points(rows: dict, recipe: str, keys: list[str], values: dict) -> dict:
             continue
         own = {**values[None], **values.get(row["method"], {})}
         named = dict(s.partition("=")[::2] for s in [*row.get("unnamed", []), *row["fixed"]]) | {row["vary"]: row["value"]}
-        off = {k: _number(v) for k, v in named.items() if own.get(k) != _number(v)}
+        off = {k: as_number(v) for k, v in named.items() if own.get(k) != as_number(v)}
         if len(off) > 1 or (off and next(iter(off)) not in keys):
             continue  # more than one setting away from the recipe, or a key not plotted
         for key in keys if not off else off:

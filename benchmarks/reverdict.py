@@ -44,18 +44,21 @@ def tables_in(obj: dict, name: str) -> list[tuple[str, dict]]:
     return [(f"{name}:{key}", value) for key, value in obj.items() if isinstance(value, dict) and "rows" in value]
 
 
+def _ci(interval: list[float]) -> str:
+    return f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 def markdown(name: str, rows: list[dict]) -> str:
     out = [f"{name}: {sum(r['test'] is not None for r in rows)} comparisons, Holm within the table", "",
            "| cell | method | Δ vs BP per seed | mean | 90% t-CI | 95% t-CI | p diff / TOST (Holm) | old: bootstrap 95% CI, verdict | verdict |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["test"]
-        ci = (lambda c: f"[{c[0]:+.2f}, {c[1]:+.2f}]")
-        old = f"{ci(r['old_interval'])} {r['old_verdict']}" if r["old_interval"] else str(r["old_verdict"])
-        out.append(f"| {r['cell'] or '—'} | {r['label']} | {', '.join(f'{d:+.2f}' for d in r['diffs'])} "
-                   f"| {sum(r['diffs']) / len(r['diffs']):+.2f} | {ci(t['t_ci90']) if t else '—'} | {ci(t['t_ci95']) if t else '—'} "
-                   f"| {t['p_difference_holm']:.3f} / {t['p_equivalence_holm']:.3f} | {old} | {r['verdict']} |"
-                   if t else f"| {r['cell'] or '—'} | {r['label']} | — | — | — | — | — | {old} | {r['verdict']} |")
+        old = f"{_ci(r['old_interval'])} {r['old_verdict']}" if r["old_interval"] else str(r["old_verdict"])
+        tested = (f"{', '.join(f'{d:+.2f}' for d in r['diffs'])} | {sum(r['diffs']) / len(r['diffs']):+.2f} "
+                  f"| {_ci(t['t_ci90'])} | {_ci(t['t_ci95'])} | {t['p_difference_holm']:.3f} / {t['p_equivalence_holm']:.3f}"
+                  if t else "— | — | — | — | —")
+        out.append(f"| {r['cell'] or '—'} | {r['label']} | {tested} | {old} | {r['verdict']} |")
     return "\n".join(out)
 
 

@@ -102,12 +102,18 @@ def curves(out: Path) -> dict[tuple, dict]:
     return series
 
 
-def value_order(value: str) -> tuple:
-    """Numbers in numeric order, then words (e.g. model.lstm_pooling=mean) in alphabetical order."""
+def as_number(value: str) -> float | str:
+    """A setting's value as a number where it is one (train.lr=1e-2), else as written (model.lstm_pooling=mean)."""
     try:
-        return (0, float(value), "")
+        return float(value)
     except ValueError:
-        return (1, 0.0, value)
+        return value
+
+
+def value_order(value: str) -> tuple:
+    """Numbers in numeric order, then words in alphabetical order."""
+    number = as_number(value)
+    return (0, number, "") if isinstance(number, float) else (1, 0.0, value)
 
 
 def collect(args: argparse.Namespace) -> None:

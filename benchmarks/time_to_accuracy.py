@@ -91,9 +91,8 @@ def main() -> None:
         summary.append(row)
     for row in summary if relative else []:  # against the reference method of the same encoder
         method = relative[row["encoder"]]["method"]
-        ref = next(r["of_best"]["mean_s"] for r in summary if (r["encoder"], r["method"]) == (row["encoder"], method))
-        floor = next(r["of_best"]["mean_s_at_least"] for r in summary if (r["encoder"], r["method"]) == (row["encoder"], method))
-        mine = row["of_best"]["mean_s"]
+        reference = next(r["of_best"] for r in summary if (r["encoder"], r["method"]) == (row["encoder"], method))
+        ref, floor, mine = reference["mean_s"], reference["mean_s_at_least"], row["of_best"]["mean_s"]
         row["of_best"]["ratio_to_" + method] = mine / ref if ref and mine is not None else None
         # where some reference seeds never got there: every seed of this method did, so the ratio is at most this
         row["of_best"][f"ratio_to_{method}_at_most"] = mine / floor if floor and mine is not None else None

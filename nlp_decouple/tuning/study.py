@@ -151,17 +151,17 @@ def objective(spec: MethodStudy, trial: optuna.Trial) -> float:
         if take_over(Path(cut_short) if cut_short else None, cfg.run_dir()):
             cfg = load_config(spec.recipe, [*spec.overrides(params, trial.number, cfg.train.seed), "train.resume=auto"])
         trial.set_user_attr(f"{RUN_DIR}{cfg.train.seed}", str(cfg.run_dir()))
-        best: list[float] = []
+        reported: list[int] = []  # the epochs reported to the pruner
 
         def record(row: dict, offset: int = index * epochs) -> None:
             accuracy = row["validation"]["accuracy"]
-            best.append(accuracy)
+            reported.append(row["epoch"])
             trial.report(accuracy, offset + row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at epoch {row['epoch']}")
 
         def report(row: dict, run_dir: Path = cfg.run_dir()) -> None:
-            if not best:  # a resumed run reports from after its checkpoint: the epochs before it come first
+            if not reported:  # a resumed run reports from after its checkpoint: the epochs before it come first
                 for earlier in epoch_rows(run_dir):
                     if earlier["epoch"] < row["epoch"]:
                         record(earlier)
@@ -186,8 +186,8 @@ def objective(spec: MethodStudy, trial: optuna.Trial) -> float:
             if not interrupted:
                 for tag in ("checkpoints", "last"):
                     shutil.rmtree(cfg.run_dir() / tag, ignore_errors=True)
-        best = [row["validation"]["accuracy"] for row in epoch_rows(cfg.run_dir())] or best  # a run resumed at its end
-        scores.append(max(best, default=float("nan")))
+        # every epoch of the run, those before a resume too (also a run resumed at its end, which reports none)
+        scores.append(max((row["validation"]["accuracy"] for row in epoch_rows(cfg.run_dir())), default=float("nan")))
     return sum(scores) / len(scores) if all(map(math.isfinite, scores)) else float("nan")
 
 
