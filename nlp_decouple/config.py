@@ -172,6 +172,7 @@ class MethodConfig(_Section):
     inforeg_weights: Annotated[list[NonNegativeFloat], Commas] = Field(
         [1.0, 1.0, 1.0], min_length=3, max_length=3, description="DeInfoReg's invariance, variance, covariance")
     classifier_standardize: bool = True  # SCPL: standardise the detached features its classifier reads
+    exit_input: Literal["last", "all_groups"] = "last"  # SCPL: what its classifier reads (every group's, concatenated)
     classifier_detach: bool = False  # DeInfoReg: detach the projector output before its classifier
     label_dim: PositiveInt = 128  # AL
     al_activation: Literal["tanh", "relu", "sigmoid"] = "tanh"
@@ -196,6 +197,8 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="e.g. train.lr=1e-3")
     head_lr: PositiveFloat | None = Field(  # heads: projections, classifiers, AL's label side
         None, description="null: train.lr")
+    group_lr_scale: Annotated[list[PositiveFloat] | None, Commas] = Field(  # e.g. 1,1,2,2
+        None, description="a factor on the lr of each layer group (and of the head that trains it); null: all 1")
     weight_decay: NonNegativeFloat = 0.0  # never on biases and normalisation weights (see nlp_decouple.optim)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -291,6 +294,8 @@ class Config(_Section):
         _check(not (t.mixed_precision == "fp16" and meth.name != "bp" and meth.backward == "per_group"),
                "train.mixed_precision=fp16 with per-group optimizers updates the loss scaler once per group: "
                "use train.mixed_precision=bf16 or method.backward=sum")
+        _check(meth.exit_input == "last" or meth.name == "scpl", f"method.exit_input={meth.exit_input} is "
+               f"SCPL's option ({meth.name}'s exits read their own group's features): unset method.exit_input")
         _check(bool(self.output_dir), "output_dir must not be empty")
         return self
 

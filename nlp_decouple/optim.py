@@ -23,19 +23,35 @@ from .config import TrainConfig
 from .errors import UserError
 
 
-def parameter_groups(stage: nn.Module, t: TrainConfig) -> list[dict]:
+def parameter_groups(stage: nn.Module, t: TrainConfig, lr_scales: list[float] | None = None) -> list[dict]:
     """The optimizer's parameter groups for one stage (trainable parameters only), the fine-tuning
     conventions for every encoder: the encoder body (``stage.groups``) at ``train.lr`` and the heads (the
     rest: projections, classifiers, AL's label side) at ``train.head_lr``; weight decay on weight matrices
-    and embeddings only, never on biases and normalisation weights (every parameter of fewer than 2 dims)."""
-    body = {id(p) for p in stage.groups.parameters()} if hasattr(stage, "groups") else set()
-    head_lr = t.lr if t.head_lr is None else t.head_lr
+    and embeddings only, never on biases and normalisation weights (every parameter of fewer than 2 dims).
+    ``lr_scales``: one factor per layer group of the stage (``train.group_lr_scale``); the heads take the
+    factor of the stage's last group, the one they train."""
+    groups = list(stage.groups) if hasattr(stage, "groups") else []
+    scales = lr_scales or [1.0] * max(len(groups), 1)
+    scale_of = {id(p): scales[k] for k, group in enumerate(groups) for p in group.parameters()}
+    head_lr = (t.lr if t.head_lr is None else t.head_lr) * scales[-1]
     buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
     for p in stage.parameters():
         if p.requires_grad:
-            key = (t.lr if id(p) in body else head_lr, t.weight_decay if p.ndim >= 2 else 0.0)
+            key = (t.lr * scale_of[id(p)] if id(p) in scale_of else head_lr, t.weight_decay if p.ndim >= 2 else 0.0)
             buckets.setdefault(key, []).append(p)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in buckets.items()]
+
+
+def stage_lr_scales(stages: list[nn.Module], t: TrainConfig) -> list[list[float] | None]:
+    """``train.group_lr_scale`` cut into each stage's share (one factor per layer group of the model)."""
+    if t.group_lr_scale is None:
+        return [None] * len(stages)
+    sizes = [len(stage.groups) if hasattr(stage, "groups") else 0 for stage in stages]
+    if len(t.group_lr_scale) != sum(sizes):
+        raise UserError(f"train.group_lr_scale has {len(t.group_lr_scale)} factors for a model of {sum(sizes)} "
+                        f"layer groups: give one per group, e.g. train.group_lr_scale={','.join(['1'] * sum(sizes))}")
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [list(t.group_lr_scale[a:b]) or None for a, b in zip(bounds, bounds[1:])]
 
 
 class StagedAdamW(torch.optim.AdamW):
@@ -110,7 +126,8 @@ class Optimization:
 def build_optimization(stages: list[nn.Module], t: TrainConfig, per_stage: bool, updates_per_epoch: int,
                        num_processes: int = 1) -> Optimization:
     """``per_stage``: one optimizer per trainable stage (the pipelines); otherwise one over every stage."""
-    groups = [[{**g, "stage": k} for g in parameter_groups(stage, t)] for k, stage in enumerate(stages)]
+    scales = stage_lr_scales(stages, t)
+    groups = [[{**g, "stage": k} for g in parameter_groups(stage, t, scales[k])] for k, stage in enumerate(stages)]
     trainable = [k for k, g in enumerate(groups) if g]  # e.g. a frozen embedding is not
     if not trainable:
         raise UserError("nothing to train: every parameter is frozen; set model.freeze_embeddings=false")

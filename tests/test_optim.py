@@ -116,3 +116,31 @@ def test_layout_names_each_optimizer_and_its_stages(tiny_bert):
     per_stage = build_optimization(list(model.stages), t, per_stage=True, updates_per_epoch=4)
     assert one.layout() == "StagedAdamW over stages [0, 1, 2]"
     assert per_stage.layout() == "; ".join(f"StagedAdamW over stages [{k}]" for k in range(3))
+
+
+@pytest.mark.parametrize("method", ["bp", "scpl", "al"])
+@pytest.mark.parametrize("per_stage", [False, True])
+def test_group_lr_scale_multiplies_each_groups_rate_and_its_heads(method, per_stage, tiny_bert):
+    # 2 blocks + embedding = 3 layer groups; factor k+1 on group k
+    model, t = build("transformer", method, tiny_bert, "train.lr=1e-3", "train.head_lr=1e-2",
+                     "train.group_lr_scale=1,2,3")
+    group_of = {id(p): k for k, g in enumerate(model.groups()) for p in g.parameters()}
+    opt = build_optimization(list(model.stages), t, per_stage, updates_per_epoch=10)
+    seen = 0
+    for o in opt.optimizers:
+        for g in o.param_groups:
+            stage = model.stages[g["stage"]]
+            last = group_of[id(next(iter(stage.groups[-1].parameters())))]
+            for p in g["params"]:
+                want = 1e-3 * (group_of[id(p)] + 1) if id(p) in group_of else 1e-2 * (last + 1)
+                assert g["lr"] == pytest.approx(want)
+                seen += 1
+    assert seen == sum(p.requires_grad for p in model.parameters())
+
+
+def test_group_lr_scale_of_the_wrong_length_names_the_fix(tiny_bert):
+    from nlp_decouple.errors import UserError
+
+    model, t = build("transformer", "scpl", tiny_bert, "train.group_lr_scale=1,2")
+    with pytest.raises(UserError, match="one per group, e.g. train.group_lr_scale=1,1,1"):
+        build_optimization(list(model.stages), t, False, updates_per_epoch=10)

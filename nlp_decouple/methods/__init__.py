@@ -13,7 +13,7 @@ from ..registry import METHODS as REGISTERED
 from ..registry import MethodInfo
 from ..models import BlockGroup, EmbeddingBlock, HubEmbeddingBlock
 from .al import ALHead, ALStage, al_infer, build_al
-from .stages import ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
+from .stages import AllGroupsExitStage, ClassifierHead, CombinedHead, ContrastiveHead, HeadOutput, InfoRegHead, Stage, StageOutput
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,13 @@ def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list
                                cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue,
                                num_classes if cfg.supcon_prototypes else 0, cfg.learn_temperature)
 
-    stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     last = groups[-1]
+    if cfg.exit_input == "all_groups":
+        exit_dim = sum(g.pool_dim for g in groups)
+        exit = ClassifierHead(exit_dim, num_classes, detach_input=True, standardize=cfg.classifier_standardize)
+        return [AllGroupsExitStage([g], contrastive(g)) for g in groups[:-1]] + [
+            AllGroupsExitStage([last], contrastive(last), exit)]
+    stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
     # the classifier learns on the detached last group: it never trains the encoder
     head = CombinedHead(contrastive(last), ClassifierHead(last.pool_dim, num_classes, detach_input=True,
                                                                  standardize=cfg.classifier_standardize))
@@ -69,5 +74,5 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "get_method", "ALHead", "ALStage", "ClassifierHead", "CombinedHead", "ContrastiveHead",
+__all__ = ["METHODS", "Method", "get_method", "ALHead", "ALStage", "AllGroupsExitStage", "ClassifierHead", "CombinedHead", "ContrastiveHead",
            "HeadOutput", "InfoRegHead", "Stage", "StageOutput"]

@@ -143,3 +143,29 @@ class Stage(nn.Module):
         carry, pooled, last = self.encode(carry, return_pooled)
         out = self.head(last, labels)
         return StageOutput(carry, out.loss, out.logits, pooled)
+
+
+EXIT_FEATURES_KEY = "exit_features"  # carry.extras: the detached pooled vectors of the groups so far
+
+
+class AllGroupsExitStage(Stage):
+    """A stage of SCPL with ``method.exit_input=all_groups``: every stage appends its group's detached pooled
+    vector to ``carry.extras`` (so it travels with the carry through every engine, as AL's targets do), and
+    the last stage's ``exit`` classifier reads them all, concatenated, instead of the last group's alone.
+    No gradient reaches an encoder group through the exit."""
+
+    def __init__(self, groups: list[BlockGroup], head: nn.Module, exit: nn.Module | None = None):
+        super().__init__(groups, head)
+        self.exit = exit
+
+    def forward(self, carry: Carry, labels: Tensor | None = None, return_pooled: bool = False) -> StageOutput:
+        carry, pooled, last = self.encode(carry, return_pooled)
+        before = carry.extras.get(EXIT_FEATURES_KEY)
+        features = last.detach() if before is None else torch.cat([before, last.detach()], dim=-1)
+        out = self.head(last, labels)
+        extras = {k: v for k, v in carry.extras.items() if k != EXIT_FEATURES_KEY}
+        if self.exit is None:
+            return StageOutput(carry.with_(extras={**extras, EXIT_FEATURES_KEY: features}), out.loss, out.logits, pooled)
+        exit_out = self.exit(features, labels)
+        losses = [loss for loss in (out.loss, exit_out.loss) if loss is not None]
+        return StageOutput(carry.with_(extras=extras), sum(losses) if losses else None, exit_out.logits, pooled)

@@ -27,6 +27,7 @@ BASE = ["train.progress=false", "model.hidden_size=16", "model.num_heads=2", "mo
         "model.num_layers=2", "model.dropout=0", "data.synthetic_train_size=200", "data.synthetic_test_size=40",
         "train.batch_size=16", "train.epochs=1", "train.max_steps=5", "eval.every_group=false", "train.cpu=true"]
 HANDOFF = "model.lstm_state_handoff=true"
+EXIT_ALL = ("method.exit_input=all_groups", "train.group_lr_scale=1,2,3")
 CASES = [(m, e) for e in ("lstm", "transformer") for m in ("scpl", "early_exit", "deinforeg", "al")]
 
 
@@ -117,13 +118,14 @@ def equal(out: Path) -> None:
     cases = [*CASES, pretrained(out, "al", "bert"), pretrained(out, "scpl", "deberta-v2", layers="2")]
     debug_launcher(lambda: pipelines(out, cases, 2), num_processes=2)
     # a stage per rank; the LSTM's final (h, c) handed on with the hidden states, across both rank cuts
-    debug_launcher(lambda: pipelines(out / "three", [(*CASES[0], HANDOFF)], 3), num_processes=3)
+    # ... with SCPL's exit reading every group (their features handed on too) and a learning rate per group
+    debug_launcher(lambda: pipelines(out / "three", [(*CASES[0], HANDOFF, *EXIT_ALL)], 3), num_processes=3)
     for method, encoder, *extra in cases:
         ref = fit(out, f"seq-{method}-{encoder}", f"method.name={method}", f"model.encoder={encoder}", *extra)
         same(torch.load(out / f"pp-{method}-{encoder}.pt"), ref, f"{method}/{encoder}")
     method, encoder = CASES[0]
-    ref = fit(out, "seq-handoff", f"method.name={method}", f"model.encoder={encoder}", HANDOFF)
-    same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks, LSTM state handed on")
+    ref = fit(out, "seq-handoff", f"method.name={method}", f"model.encoder={encoder}", HANDOFF, *EXIT_ALL)
+    same(torch.load(out / "three" / f"pp-{method}-{encoder}.pt"), ref, "3 ranks, LSTM state and exit features handed on")
 
 
 def die_at_head_call(trainer: Trainer, call: int) -> None:

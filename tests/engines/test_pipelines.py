@@ -103,6 +103,7 @@ CASES = {
     "deinforeg-lstm": ("deinforeg", "lstm"),
     "al-lstm": ("al", "lstm"),  # the label side travels in carry.extras
     "scpl-groups": ("scpl", "transformer", "model.groups=[2,1]"),
+    "scpl-exit-all-groups": ("scpl", "lstm", "method.exit_input=all_groups"),  # features travel in carry.extras
     "bp-lstm": ("bp", "lstm"),  # one stage: the runner still works
 }
 

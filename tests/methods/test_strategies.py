@@ -40,6 +40,7 @@ CASES = {
     # dropout draws from the global RNG only in forwards, which run in the same order either way
     "scpl_dropout": ("scpl", "model.dropout=0.2"),
     "scpl_learned_temperature": ("scpl", "model.dropout=0", "method.learn_temperature=true"),
+    "scpl_exit_all_groups": ("scpl", "model.dropout=0", "method.exit_input=all_groups", "train.group_lr_scale=1,2,3"),
     "scpl_lstm": ("scpl", "model.encoder=lstm", "model.dropout=0"),
     "scpl_lstm_handoff": ("scpl", "model.encoder=lstm", "model.lstm_state_handoff=true", "model.dropout=0"),
     "early_exit_lstm": ("early_exit", "model.encoder=lstm", "model.dropout=0"),
