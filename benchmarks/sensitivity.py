@@ -7,7 +7,7 @@ seed given, and appends to one JSON per output folder:
 
     python benchmarks/sensitivity.py --cell debian --methods bp,scpl --seeds 100 \
         --vary train.lr=1e-3,3e-3,1e-2 --fixed model.norm=pre --out benchmarks/out/sensitivity
-    python benchmarks/sensitivity.py ... --vary "train.group_lr_scale=1,1,2,2;0.5,1,1,1"  # list values: ";"
+    python benchmarks/sensitivity.py ... --vary "train.group_lr_scale=1,1,2,2;0.5,1,1,1"  # lists: ";" (one: "1,2;")
     python benchmarks/sensitivity.py --collect --out benchmarks/out/sensitivity   # the tables
     python benchmarks/sensitivity.py --choose --cells debian,agnews --out ...      # leave-one-dataset-out
 
@@ -69,8 +69,9 @@ def train(args: argparse.Namespace) -> None:
     store = args.out / "sensitivity.json"
     rows = json.loads(store.read_text()) if store.exists() else {}
     env = {"HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE", str(shared / "hf-cache")), "HF_HUB_OFFLINE": "1"}
-    # values with commas of their own (a list: train.group_lr_scale=1,1,2,2) are separated by ";"
-    for value in values.split(";" if ";" in values else ","):
+    # values with commas of their own (a list: train.group_lr_scale=1,1,2,2) are separated by ";", and a
+    # single one ends with ";"
+    for value in filter(None, values.split(";" if ";" in values else ",")):
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
                 settings = [*SIZE, *args.fixed, f"{key}={value}"]
