@@ -154,11 +154,18 @@ def plot(args: argparse.Namespace) -> None:
     fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((len(panels) + cols - 1) // cols)),
                              squeeze=False)
     for ax, key in zip(axes.flat, panels):
+        values = sorted({v for by_value in series[key].values() for v in by_value}, key=value_order)
+        numeric = all(isinstance(as_number(v), float) for v in values)
         for method, by_value in sorted(series[key].items()):
-            xs = sorted(by_value, key=float)
-            ax.plot([float(x) for x in xs], [100 * sum(r["best_val_acc"] for r in by_value[x]) / len(by_value[x])
-                                             for x in xs], "o-", label=method)
-        ax.set_xscale("log")
+            xs = [v for v in values if v in by_value]
+            # numbers on a log axis; words (model.norm=pre) and lists (1,1,2,2) one tick each, in value_order
+            at = [float(x) if numeric else values.index(x) for x in xs]
+            ax.plot(at, [100 * sum(r["best_val_acc"] for r in by_value[x]) / len(by_value[x]) for x in xs], "o-",
+                    label=method)
+        if numeric:
+            ax.set_xscale("log")
+        else:
+            ax.set_xticks(range(len(values)), values, fontsize=7)
         ax.set_title(f"{key[0]}: {key[1]}\n{key[2].replace('train.batch_size=128', '').strip() or 'recipe'}", fontsize=8)
         ax.set_ylabel("best validation acc. (%)", fontsize=8)
         ax.legend(fontsize=7)

@@ -296,6 +296,24 @@ def test_pretrained_cost_measures_every_stage_of_the_real_minilm(tmp_path, monke
     assert "largest_stage_memory_vs_bp" not in scpl
 
 
+def test_sensitivity_plot_takes_numbers_words_and_lists(tmp_path):
+    """--plot draws numeric values on a log axis and words or lists (1,1,2,2) as one tick each, in order."""
+    import argparse
+
+    sens = script("sensitivity")
+    rows = {}
+    for vary, values in {"train.lr": ["3e-3", "1e-2"], "model.lstm_pooling": ["mean", "last"],
+                         "train.group_lr_scale": ["1,1,2,2", "0.5,1,1,1"]}.items():
+        for k, value in enumerate(values):
+            rows[f"{vary}{k}"] = {"cell": "c", "method": "scpl", "seed": 100, "vary": vary, "value": value,
+                                  "fixed": [], "best_val_acc": 0.5 + k / 10, "groups": []}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(rows))
+    png = tmp_path / "curves.png"
+    sens.plot(argparse.Namespace(out=tmp_path, plot=png))
+    assert png.stat().st_size > 0
+    assert [sens.value_order(v)[0] for v in ("0.5,1,1,1", "1e-2", "mean")] == [1, 0, 1]
+
+
 def test_sensitivity_leave_one_dataset_out_known_answer():
     """Three settings on three cells: each fold picks the least mean regret on the other two cells."""
     acc = {  # setting -> cell -> validation accuracy
