@@ -507,3 +507,31 @@ def test_time_to_bps_best_bounds_the_ratio_where_a_bp_seed_never_gets_there(tmp_
     assert rows["bp"]["mean_s_at_least"] == 20.0  # the seed that never got there: its whole 20 s, at least
     assert rows["scpl"]["mean_s"] == 10.0 and rows["scpl"]["ratio_to_bp"] is None
     assert rows["scpl"]["ratio_to_bp_at_most"] == 0.5
+
+
+def test_protocol_archive_keeps_records_and_studies_and_drops_weights_and_runs_in_progress(tmp_path):
+    import sqlite3
+
+    archive = script("protocol_archive")
+    root = tmp_path / "root" / "cell"
+    files = {
+        "tune/bp.yaml": "x", "tune/tune.lock": "",
+        "tune/bp/trial000-seed100/metrics.jsonl": "{}", "tune/bp/trial000-seed100/best/model.safetensors": "w",
+        "tune/bp/trial001-seed100/metrics.jsonl": "{}", "tune/bp/trial001-seed100/checkpoints/step_1/state": "w",
+        "seeds/bp/bp-seed10/results.json": "{}", "seeds/bp/bp-seed10/test_predictions.json": "{}",
+        "seeds/bp/bp-seed10/checkpoints/step_9/model.safetensors": "w", "seeds/bp/bp-seed10/tokenizer/vocab.txt": "v",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    with sqlite3.connect(root / "tune/study.db") as db:
+        db.execute("create table trials (number int)")
+        db.execute("insert into trials values (7)")
+    written = archive.save(tmp_path / "root", tmp_path / "archive")
+    got = sorted(str(p.relative_to(tmp_path / "archive" / "cell")) for p in written)
+    assert got == ["seeds/bp/bp-seed10/results.json", "seeds/bp/bp-seed10/test_predictions.json", "tune/bp.yaml",
+                   "tune/bp/trial000-seed100/metrics.jsonl", "tune/study.db"]
+    with sqlite3.connect(tmp_path / "archive/cell/tune/study.db") as db:
+        assert db.execute("select number from trials").fetchall() == [(7,)]
+    archive.restore(tmp_path / "archive", tmp_path / "again")
+    assert (tmp_path / "again/cell/tune/bp/trial000-seed100/metrics.jsonl").read_text() == "{}"
