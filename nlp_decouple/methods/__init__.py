@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
+
 from ..config import MethodConfig
 from ..registry import METHODS as REGISTERED
 from ..registry import MethodInfo
@@ -35,17 +37,20 @@ def _scpl(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list
                                cfg.supcon_divisor, cfg.gather_features, cfg.supcon_queue,
                                num_classes if cfg.supcon_prototypes else 0, cfg.learn_temperature)
 
-    last = groups[-1]
+    def exit_head(in_dim: int) -> ClassifierHead:
+        # its initial weights come from a fork of the RNG, so the encoder and its heads draw the same random
+        # numbers (initial weights, dropout) whatever the exit reads: two exit inputs train the same encoder
+        with torch.random.fork_rng(devices=[]):
+            return ClassifierHead(in_dim, num_classes, detach_input=True, standardize=cfg.classifier_standardize)
+
+    heads = [contrastive(g) for g in groups]
     if cfg.exit_input == "all_groups":
-        exit_dim = sum(g.pool_dim for g in groups)
-        exit = ClassifierHead(exit_dim, num_classes, detach_input=True, standardize=cfg.classifier_standardize)
-        return [AllGroupsExitStage([g], contrastive(g)) for g in groups[:-1]] + [
-            AllGroupsExitStage([last], contrastive(last), exit)]
-    stages = [Stage([g], contrastive(g)) for g in groups[:-1]]
+        exit = exit_head(sum(g.pool_dim for g in groups))
+        return [AllGroupsExitStage([g], h, exit if k == len(groups) - 1 else None)
+                for k, (g, h) in enumerate(zip(groups, heads))]
     # the classifier learns on the detached last group: it never trains the encoder
-    head = CombinedHead(contrastive(last), ClassifierHead(last.pool_dim, num_classes, detach_input=True,
-                                                                 standardize=cfg.classifier_standardize))
-    return stages + [Stage([last], head)]
+    return [Stage([g], h) for g, h in zip(groups[:-1], heads)] + [
+        Stage([groups[-1]], CombinedHead(heads[-1], exit_head(groups[-1].pool_dim)))]
 
 
 def _early_exit(cfg: MethodConfig, groups: list[BlockGroup], num_classes: int) -> list[Stage]:

@@ -64,3 +64,30 @@ def test_the_exit_is_a_standardised_linear_probe_on_the_concatenation():
 def test_other_methods_refuse_the_option():
     with pytest.raises(UserError, match="SCPL's option"):
         load_config(None, ["method.name=bp", "method.exit_input=all_groups"])
+
+
+def test_the_exit_never_changes_how_the_encoder_trains(tmp_path):
+    """Same seed, with and without method.exit_input=all_groups: every encoder group and contrastive head ends
+    with the same weights after a few steps (dropout on), so a difference in accuracy is the exit's alone."""
+    from nlp_decouple.trainer import Trainer
+
+    def train(run: str, *extra: str) -> dict[str, torch.Tensor]:
+        cfg = load_config(None, [f"output_dir={tmp_path}", f"run_name={run}", "train.progress=false",
+                                 "data.name=synthetic", "tokenizer.train=word", "tokenizer.vocab_size=200",
+                                 "data.synthetic_train_size=200", "data.synthetic_test_size=40", "model.hidden_size=16",
+                                 "model.num_heads=2", "model.ffn_size=32", "model.num_layers=2", "model.dropout=0.2",
+                                 "train.batch_size=16", "train.lr=5e-3", "train.seed=3", "method.name=scpl",
+                                 "method.projection=mlp_bn", "method.supcon_prototypes=true", *extra])
+        trainer = Trainer(cfg)
+        trainer.model.train()
+        batches = iter(trainer.loaders.train)
+        for _ in range(4):
+            trainer.engine.step(next(batches))
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    last, every = train("last"), train("all", "method.exit_input=all_groups")
+    encoder = [n for n in last if ".head.heads.1." not in n]  # all but the last-group classifier
+    assert len(encoder) > 10
+    for name in encoder:
+        other = name.replace(".head.heads.0.", ".head.")  # the last stage's contrastive head, renamed
+        torch.testing.assert_close(every[other], last[name], rtol=0, atol=0, msg=name)
