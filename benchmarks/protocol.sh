@@ -12,7 +12,7 @@
 # and everything else at the recipes' values: the Transformer recipes' pre-norm and mlp_bn projection were
 # chosen on validation leaving one dataset out (docs/methods.md, 'Where the recipes' defaults come from'),
 # the BiLSTM recipe's masked-mean pooling was chosen on validation the same way (identity projection), and
-# SCPL's prototypes were chosen on validation (docs/scpl_study.md). Every run trains to convergence: up to
+# SCPL's prototypes and (Transformer) its exit on every group were chosen on validation (docs/scpl_study.md). Every run trains to convergence: up to
 # EPOCHS epochs, stopped after PATIENCE epochs without a validation gain.
 #
 # Environment: SHARED (default ../shared), METHODS (default bp,scpl,early_exit,deinforeg,al), TRIALS (default
