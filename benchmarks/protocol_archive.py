@@ -21,6 +21,7 @@ from pathlib import Path
 
 WEIGHTS = {"best", "checkpoints", "last", "tokenizer"}  # folders of a run that hold weights or copies
 SKIPPED_SUFFIXES = (".lock", ".safetensors", ".pt", ".bin")
+KEPT = "README.md"  # the archive's own description, kept across saves
 
 
 def in_progress(folder: Path) -> bool:
@@ -28,11 +29,15 @@ def in_progress(folder: Path) -> bool:
 
 
 def save(root: Path, dest: Path) -> list[Path]:
-    """Copy ``root``'s records into ``dest`` (replacing what ``dest`` held); return the files written."""
+    """Copy ``root``'s records into ``dest`` (replacing what ``dest`` held, except its README.md, which
+    describes the archive); return the files written."""
     if not root.is_dir():
         raise SystemExit(f"error: {root} is not a folder: give the protocol's OUT_ROOT")
-    if dest.exists():
-        shutil.rmtree(dest)
+    for old in dest.iterdir() if dest.is_dir() else []:
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.name != KEPT:
+            old.unlink()
     written = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)

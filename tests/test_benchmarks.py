@@ -527,7 +527,12 @@ def test_protocol_archive_keeps_records_and_studies_and_drops_weights_and_runs_i
     with sqlite3.connect(root / "tune/study.db") as db:
         db.execute("create table trials (number int)")
         db.execute("insert into trials values (7)")
+    (tmp_path / "archive/cell/tune/old").mkdir(parents=True)  # a previous save: replaced, its README kept
+    (tmp_path / "archive/README.md").write_text("how to go on")
+    (tmp_path / "archive/notes.txt").write_text("stale")
     written = archive.save(tmp_path / "root", tmp_path / "archive")
+    assert (tmp_path / "archive/README.md").read_text() == "how to go on"
+    assert not (tmp_path / "archive/notes.txt").exists() and not (tmp_path / "archive/cell/tune/old").exists()
     got = sorted(str(p.relative_to(tmp_path / "archive" / "cell")) for p in written)
     assert got == ["seeds/bp/bp-seed10/results.json", "seeds/bp/bp-seed10/test_predictions.json", "tune/bp.yaml",
                    "tune/bp/trial000-seed100/metrics.jsonl", "tune/study.db"]
