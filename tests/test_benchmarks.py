@@ -71,6 +71,37 @@ def test_time_to_accuracy_reads_finished_runs(tiny_sweep, tmp_path, monkeypatch)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("folder", [True, False])
+def test_time_to_accuracy_sh_trains_each_method_with_its_tuned_recipe(tmp_path, folder):
+    """A folder of tuned recipes gives BP bp.yaml and SCPL scpl.yaml; one recipe file serves both. The
+    launchers are stubs on PATH that log their arguments (what is tested is the script's dispatch)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name in ("python", "torchrun"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        (bin_dir / name).chmod(0o755)
+    tuned = tmp_path / "tune"
+    tuned.mkdir()
+    (tuned / "bp.yaml").write_text("x")
+    (tuned / "scpl.yaml").write_text("x")
+    recipe = tuned if folder else tuned / "bp.yaml"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks/time_to_accuracy.sh"), str(tmp_path / "out"), "3", "2",
+                           str(recipe), "model.hidden_size=8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    bp = next(c for c in calls if "method.name=bp" in c)
+    scpl = next(c for c in calls if "method.name=scpl" in c)
+    assert f"{tuned}/bp.yaml" in bp.split() and "train.seed=3" in bp and "model.hidden_size=8" in bp
+    assert scpl.startswith("torchrun") and "train.pipeline=processes" in scpl
+    assert f"{tuned}/{'scpl' if folder else 'bp'}.yaml" in scpl.split()
+    (tuned / "scpl.yaml").unlink()
+    if folder:
+        proc = subprocess.run(["bash", str(REPO / "benchmarks/time_to_accuracy.sh"), str(tmp_path / "out"), "3",
+                               "2", str(tuned)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 2 and "scpl.yaml" in proc.stderr
+
+
 def test_time_to_a_fraction_of_bps_best(tiny_sweep, tmp_path, monkeypatch):
     runs = [str(tiny_sweep / f"{m}-seed{s}") for m in ("bp", "al") for s in SWEEP_SEEDS]
     out, png = tmp_path / "tta.json", tmp_path / "tta.png"
