@@ -18,19 +18,7 @@ out=${2:?usage: minilm_gpu.sh BUNDLE OUT}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 t0=$SECONDS
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$bundle"/whl/*.whl || exit 2
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export HF_HUB_CACHE=/tmp/hf-cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_DATASETS_CACHE=/tmp/hf-datasets
-rm -rf /tmp/hf-cache && cp -r "$bundle/hf-cache" /tmp/hf-cache
-python3 - <<'EOF' || exit 2
-import glob
-from safetensors.torch import load_file, save_file
-for path in glob.glob("/tmp/hf-cache/models--*/snapshots/*/model.safetensors"):
-    weights = load_file(path)
-    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, path, metadata={"format": "pt"})
-    print("fp32 weights:", path)
-EOF
-nvidia-smi -L 2>/dev/null; python3 -c "import torch, transformers, accelerate, datasets; print(torch.__version__, transformers.__version__, accelerate.__version__, datasets.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+source benchmarks/bundle_env.sh "$bundle"  # the wheels, the Hub cache in fp32, the environment
 shared=$bundle  # datasets/ag_news_7600, datasets/debian_packages
 
 echo "== smoke ($((SECONDS - t0))s)"

@@ -8,6 +8,7 @@ seed given, and appends to one JSON per output folder:
     python benchmarks/sensitivity.py --cell debian --methods bp,scpl --seeds 100 \
         --vary train.lr=1e-3,3e-3,1e-2 --fixed model.norm=pre --out benchmarks/out/sensitivity
     python benchmarks/sensitivity.py ... --vary "train.group_lr_scale=1,1,2,2;0.5,1,1,1"  # lists: ";" (one: "1,2;")
+    python benchmarks/sensitivity.py ... --jobs 8       # 8 runs at once (one GPU holds several)
     python benchmarks/sensitivity.py --collect --out benchmarks/out/sensitivity   # the tables
     python benchmarks/sensitivity.py --choose --cells debian,agnews --out ...      # leave-one-dataset-out
 
@@ -24,13 +25,22 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from nlp_decouple.sweeps import run_training
 
 SIZE = ["model.hidden_size=64", "model.num_heads=4", "model.ffn_size=128", "train.epochs=5"]
+
+
+def size_keys(recipe: Path) -> list[str]:
+    """SIZE, without the model's size for a pretrained recipe (the Hub model brings its own)."""
+    encoder = (yaml.safe_load(recipe.read_text()).get("model") or {}).get("encoder")
+    return SIZE if encoder != "pretrained" else [k for k in SIZE if not k.startswith("model.")]
 
 
 def cell_keys(cell: str, shared: Path) -> list[str]:
@@ -64,36 +74,52 @@ def summarise(run_dir: Path) -> dict:
 
 
 def train(args: argparse.Namespace) -> None:
+    """Run every (value, seed, method) not yet in the JSON, ``args.jobs`` at a time (several runs share one GPU
+    well; on a CPU keep 1 per core), and add each finished run's row as it ends."""
     shared = Path(os.environ.get("NLP_DECOUPLE_SHARED", REPO.parent / "shared")).resolve()
     key, _, values = args.vary.partition("=")
     store = args.out / "sensitivity.json"
     rows = json.loads(store.read_text()) if store.exists() else {}
     env = {"HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE", str(shared / "hf-cache")), "HF_HUB_OFFLINE": "1"}
+    todo = []  # (run id, its row without results, the overrides to train it; None when it has finished)
     # values with commas of their own (a list: train.group_lr_scale=1,1,2,2) are separated by ";", and a
     # single one ends with ";"
     for value in filter(None, values.split(";" if ";" in values else ",")):
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
-                settings = [*SIZE, *args.fixed, f"{key}={value}"]
+                settings = [*size_keys(REPO / args.recipe), *args.fixed, f"{key}={value}"]
                 rid = run_id(args.cell, method, seed, settings)
                 run_dir = args.out / "runs" / rid
                 if rid in rows:
                     continue
+                row = {"cell": args.cell, "method": method, "seed": seed, "recipe": args.recipe, "vary": key,
+                       "value": value, "fixed": args.fixed}
+                overrides = None
                 if not (run_dir / "results.json").exists():
                     overrides = [*cell_keys(args.cell, shared), *settings, f"method.name={method}",
                                  f"train.seed={seed}", "eval.test=false", "train.progress=false",
                                  f"output_dir={args.out / 'runs'}", f"run_name={rid}",
                                  *(["train.resume=auto"] if (run_dir / "checkpoints").is_dir() else [])]
-                    start = time.time()
-                    code = run_training(REPO / args.recipe, overrides, run_dir / "train.log", threads=args.threads,
-                                        env=env, cwd=REPO)
-                    print(f"{rid} {key}={value} {method}: exit {code} in {time.time() - start:.0f}s", flush=True)
-                    if code != 0:
-                        continue
-                rows = json.loads(store.read_text()) if store.exists() else {}
-                rows[rid] = {"cell": args.cell, "method": method, "seed": seed, "recipe": args.recipe,
-                             "vary": key, "value": value, "fixed": args.fixed, **summarise(run_dir)}
-                store.write_text(json.dumps(rows, indent=1, sort_keys=True))
+                todo.append((rid, row, overrides))
+
+    def run(rid: str, row: dict, overrides: list[str] | None) -> int:
+        if overrides is None:
+            return 0
+        start = time.time()
+        code = run_training(REPO / args.recipe, overrides, args.out / "runs" / rid / "train.log",
+                            threads=args.threads, env=env, cwd=REPO)
+        print(f"{rid} {key}={row['value']} {row['method']}: exit {code} in {time.time() - start:.0f}s", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run, rid, row, overrides): (rid, row) for rid, row, overrides in todo}
+        for future in as_completed(futures):  # rows written from this thread only
+            rid, row = futures[future]
+            if future.result() != 0:
+                continue
+            rows = json.loads(store.read_text()) if store.exists() else {}
+            rows[rid] = {**row, **summarise(args.out / "runs" / rid)}
+            store.write_text(json.dumps(rows, indent=1, sort_keys=True))
 
 
 def curves(out: Path) -> dict[tuple, dict]:
@@ -225,7 +251,7 @@ def choose(args: argparse.Namespace) -> None:
                   ", ".join(f"{c} {100 * v:.2f}" for c, v in r["overall_regret"].items()))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", default="debian")
     parser.add_argument("--recipe", default="recipes/agnews_transformer.yaml")
@@ -233,13 +259,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="100")
     parser.add_argument("--vary", default="train.lr=1e-3", help="KEY=V1,V2,...")
     parser.add_argument("--fixed", nargs="*", default=[], help="key=value settings held fixed")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU takes several)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/sensitivity")
     parser.add_argument("--collect", action="store_true", help="print the tables of what has run")
     parser.add_argument("--choose", action="store_true", help="leave-one-dataset-out choice over --cells")
     parser.add_argument("--cells", default="debian,agnews", help="cells the --choose folds run over")
     parser.add_argument("--plot", type=Path, default=None, help="with --collect: a PNG of every curve")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.collect or args.choose:

@@ -345,6 +345,35 @@ def test_sensitivity_plot_takes_numbers_words_and_lists(tmp_path):
     assert [sens.value_order(v)[0] for v in ("0.5,1,1,1", "1e-2", "mean")] == [1, 0, 1]
 
 
+@need(AG_NEWS)
+def test_sensitivity_runs_jobs_at_once_and_keeps_every_row(tmp_path, monkeypatch):
+    """--jobs 2: every (value, seed, method) trains once, each row holds its own run's numbers; a second call
+    finds them all done and trains nothing."""
+    monkeypatch.setenv("NLP_DECOUPLE_SHARED", str(SHARED))
+    sens = script("sensitivity")
+    argv = ["--cell", "agnews", "--methods", "scpl", "--seeds", "1", "--vary", "train.lr=1e-3,3e-3",
+            "--fixed", "data.max_train_samples=48", "data.max_eval_samples=32", "train.epochs=1",
+            "train.batch_size=16", "model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32",
+            "eval.every_group=false", "--jobs", "2", "--out", str(tmp_path)]
+    sens.main(argv)
+    rows = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert sorted((r["method"], r["value"]) for r in rows.values()) == [("scpl", "1e-3"), ("scpl", "3e-3")]
+    for rid, row in rows.items():
+        assert row == {**row, **sens.summarise(tmp_path / "runs" / rid)}
+        config = yaml.safe_load((tmp_path / "runs" / rid / "config.yaml").read_text())
+        assert (config["method"]["name"], config["train"]["lr"]) == (row["method"], float(row["value"]))
+    logs = sorted((tmp_path / "runs").glob("*/train.log"))
+    stamps = [p.stat().st_mtime for p in logs]
+    sens.main(argv)  # all done: nothing trains again
+    assert [p.stat().st_mtime for p in logs] == stamps
+
+
+def test_sensitivity_leaves_a_pretrained_models_size_alone():
+    sens = script("sensitivity")
+    assert sens.size_keys(REPO / "recipes/agnews_transformer.yaml") == sens.SIZE
+    assert sens.size_keys(REPO / "recipes/agnews_minilm.yaml") == ["train.epochs=5"]
+
+
 def test_sensitivity_leave_one_dataset_out_known_answer():
     """Three settings on three cells: each fold picks the least mean regret on the other two cells."""
     acc = {  # setting -> cell -> validation accuracy
