@@ -81,13 +81,14 @@ def train(args: argparse.Namespace) -> None:
     store = args.out / "sensitivity.json"
     rows = json.loads(store.read_text()) if store.exists() else {}
     env = {"HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE", str(shared / "hf-cache")), "HF_HUB_OFFLINE": "1"}
+    size = size_keys(REPO / args.recipe)
     todo = []  # (run id, its row without results, the overrides to train it; None when it has finished)
     # values with commas of their own (a list: train.group_lr_scale=1,1,2,2) are separated by ";", and a
     # single one ends with ";"
     for value in filter(None, values.split(";" if ";" in values else ",")):
         for seed in map(int, args.seeds.split(",")):
             for method in args.methods.split(","):
-                settings = [*size_keys(REPO / args.recipe), *args.fixed, f"{key}={value}"]
+                settings = [*size, *args.fixed, f"{key}={value}"]
                 rid = run_id(args.cell, method, seed, settings)
                 run_dir = args.out / "runs" / rid
                 if rid in rows:
